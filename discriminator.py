@@ -1,0 +1,76 @@
+"""The discriminator D: the student's backbone plus a new scalar head, and its Bradley-Terry loss.
+
+D(x, y) is a raw, unbounded logit read from the final hidden state at the *last valid token* of
+[prompt ; response] -- for a finished response that token is the EOS, for teacher and student alike
+(see generator.response_ids). No pooling. Padding on either side does not change a score.
+
+  bt_loss  paper Eq. 3:  L_D = mean over pairs of -log sigmoid(D(x, y_t) - D(x, y_s))
+           Each of a prompt's n student samples is paired with that prompt's one teacher response.
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel
+
+import generator as G
+
+
+class Discriminator(torch.nn.Module):
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone  # a base model (no LM head) that returns last_hidden_state
+        hidden = backbone.config.hidden_size
+        self.head = torch.nn.Linear(hidden, 1)
+        torch.nn.init.normal_(self.head.weight, std=hidden ** -0.5)
+        torch.nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        """Backbone from a causal-LM checkpoint (its LM head is dropped); a fresh head unless saved."""
+        d = cls(AutoModel.from_pretrained(path, **kwargs))
+        head = os.path.join(path, "discriminator_head.pt")
+        if os.path.exists(head):
+            d.head.load_state_dict(torch.load(head, weights_only=True))
+        return d.to(dtype=d.backbone.dtype)
+
+    def save_pretrained(self, path):
+        self.backbone.save_pretrained(path)
+        torch.save(self.head.state_dict(), os.path.join(path, "discriminator_head.pt"))
+
+    def forward(self, batch):
+        """batch from generator.pack -> scores [B] read at each row's last valid token."""
+        mask = batch["attention_mask"]
+        h = self.backbone(input_ids=batch["input_ids"], attention_mask=mask,
+                          position_ids=G.position_ids(mask)).last_hidden_state           # [B, L, H]
+        last = last_token_index(mask)                                                    # [B]
+        h_last = h[torch.arange(h.shape[0], device=h.device), last]                      # [B, H]
+        return self.head(h_last).squeeze(-1).float()                                     # [B]
+
+
+def last_token_index(attention_mask):
+    """Index of the last position with attention_mask == 1 in each row (left or right padding)."""
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask * (pos + 1)).argmax(-1)                                       # [B]
+
+
+def bt_loss(teacher_scores, student_scores, n):
+    """Bradley-Terry loss (paper Eq. 3) and D's health metrics.
+
+    teacher_scores [B], student_scores [B*n] grouped by prompt."""
+    t = teacher_scores.repeat_interleave(n)                                              # [B*n]
+    gap = t - student_scores                                                             # [B*n]
+    loss = -F.logsigmoid(gap).mean()
+    return loss, {"d_loss": loss.item(), "d_acc": (gap > 0).float().mean().item(),
+                  "d_teacher_score": teacher_scores.mean().item(),
+                  "d_student_score": student_scores.mean().item(), "d_gap": gap.mean().item()}
+
+
+def bce_loss(teacher_scores, student_scores, n):
+    """The binary-cross-entropy alternative (paper Table 4): -log s(D(y_t)) - log(1 - s(D(y_s)))."""
+    loss = -F.logsigmoid(teacher_scores).mean() - F.logsigmoid(-student_scores).mean()
+    t = teacher_scores.repeat_interleave(n)
+    return loss, {"d_loss": loss.item(), "d_acc": (t > student_scores).float().mean().item(),
+                  "d_teacher_score": teacher_scores.mean().item(),
+                  "d_student_score": student_scores.mean().item(),
+                  "d_gap": (t - student_scores).mean().item()}

@@ -1,0 +1,157 @@
+"""The student policy G: sampling, per-token log-probs, and the two generator losses.
+
+Sequences are laid out as [prompt ; response ; pad] rows (`pack`). `response_mask` marks the
+response tokens, EOS included, at their own positions in `input_ids`; log-probs are aligned the
+same way (the log-prob of token j is read from the logits at j-1). Position ids always come from
+the attention mask, so a row means the same thing under left or right padding.
+
+Losses (pure functions returning `(loss, metrics)`):
+  sft_loss         warmup and SeqKD:  -1/|T| sum_t log p(y_t | x, y_<t)       (token mean over the batch)
+  group_advantages GRPO, paper Eq. 6:  A_i = (r_i - mean_group r) / (std_group r + 1e-6)
+  k3_kl            KL estimator:       exp(ref - logp) - (ref - logp) - 1    (>= 0, = 0 iff equal)
+  policy_loss      PPO-clip + k3 KL, token-mean. With one optimiser step per batch of rollouts the
+                   ratio is exactly 1, so the gradient is REINFORCE with group-normalised advantages.
+"""
+import torch
+import torch.nn.functional as F
+
+
+# ---------------------------------------------------------------------------- tokens and batches
+def prompt_ids(tokenizer, messages):
+    """Chat messages -> token ids through the student's chat template, with the generation prompt."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def response_ids(tokenizer, text, eos_id=None):
+    """Response text -> token ids + the end-of-turn token (the same for teacher and student)."""
+    eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
+
+
+def pack(prompts, responses, pad_id, left_pad=False):
+    """Lists of prompt / response id lists -> padded tensors.
+
+    Returns dict: input_ids [B, L], attention_mask [B, L], response_mask [B, L] (1 on response tokens).
+    """
+    rows = [p + r for p, r in zip(prompts, responses)]
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), L), dtype=torch.long)
+    resp = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        start = L - len(p) - len(r) if left_pad else 0
+        ids[i, start:start + len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        attn[i, start:start + len(p) + len(r)] = 1
+        resp[i, start + len(p):start + len(p) + len(r)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
+
+
+def position_ids(attention_mask):
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]; left pads get 0
+
+
+def to(batch, device):
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def sample(model, tokenizer, prompts, n, temperature, max_new_tokens, gen_batch_size=64, eos_id=None):
+    """Sample n responses per prompt with the KV cache (HF `generate`), in chunks of prompts.
+
+    Returns a list of len(prompts) * n token-id lists, grouped by prompt (prompt 0's n samples
+    first). A response keeps its EOS if the model emitted one; a response cut at max_new_tokens
+    has none (see `finished`)."""
+    eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
+    pad_id = tokenizer.pad_token_id
+    was_training = model.training
+    model.eval()
+    out = []
+    per_chunk = max(1, gen_batch_size // n)
+    for i in range(0, len(prompts), per_chunk):
+        chunk = prompts[i:i + per_chunk]
+        batch = pack(chunk, [[] for _ in chunk], pad_id, left_pad=True)  # generation wants left padding
+        kwargs = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 \
+            else dict(do_sample=False)
+        gen = model.generate(input_ids=batch["input_ids"].to(model.device),
+                             attention_mask=batch["attention_mask"].to(model.device),
+                             max_new_tokens=max_new_tokens, num_return_sequences=n if temperature > 0 else 1,
+                             eos_token_id=eos_id, pad_token_id=pad_id, **kwargs)
+        if temperature <= 0 and n > 1:
+            gen = gen.repeat_interleave(n, dim=0)
+        for row in gen[:, batch["input_ids"].shape[1]:].tolist():
+            cut = row.index(eos_id) + 1 if eos_id in row else len(row)
+            out.append(row[:cut])
+    model.train(was_training)
+    return out
+
+
+def finished(response, eos_id):
+    return len(response) > 0 and response[-1] == eos_id
+
+
+# ---------------------------------------------------------------------------- log-probs
+def token_logprobs(model, batch, temperature=1.0, with_entropy=False):
+    """Per-token log-probs of the sequence under the model, logits scaled by 1/temperature.
+
+    Returns logp [B, L] (position j = log p(input_ids[j] | input_ids[<j]); 0 at position 0) and,
+    if asked, the entropy [B, L] of the same distributions (no gradient)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=position_ids(batch["attention_mask"])).logits[:, :-1].float()  # [B, L-1, V]
+    logits = logits / temperature
+    logp_all = F.log_softmax(logits, dim=-1)                                          # [B, L-1, V]
+    logp = logp_all.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)          # [B, L-1]
+    logp = F.pad(logp, (1, 0))                                                        # [B, L]
+    if not with_entropy:
+        return logp
+    with torch.no_grad():
+        ent = -(logp_all.exp() * logp_all).sum(-1)                                    # [B, L-1]
+    return logp, F.pad(ent, (1, 0))
+
+
+def masked_mean(x, mask):
+    """Mean of x over mask==1 entries (token mean over the whole batch); 0, not NaN, if all masked."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+# ---------------------------------------------------------------------------- losses
+def sft_loss(model, batch):
+    """Warmup / SeqKD loss: token-mean cross-entropy on response tokens (teacher text + EOS)."""
+    logp = token_logprobs(model, batch)                                               # [B, L]
+    loss = -masked_mean(logp, batch["response_mask"])
+    return loss, {"sft_loss": loss.item()}
+
+
+def group_advantages(rewards, n, eps=1e-6):
+    """Paper Eq. 6. rewards [B*n] grouped by prompt -> advantages [B*n], zero mean per group.
+
+    A group whose rewards are all equal gets zeros (std = 0 -> 0 / eps), never NaN."""
+    r = rewards.view(-1, n)                                                           # [B, n]
+    adv = (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True, unbiased=False) + eps)
+    return adv.view(-1)
+
+
+def k3_kl(logp, ref_logp):
+    """Per-token k3 estimator of KL(pi || ref) on samples from pi: exp(d) - d - 1, d = ref - logp."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def policy_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=0.001):
+    """GRPO generator loss (paper Eq. 2 optimised with Eq. 6's advantages), token-mean.
+
+    logp, old_logp, ref_logp, mask: [B, L]; advantages: [B] (broadcast to every response token).
+      ratio = exp(logp - old_logp)
+      pg    = -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A)
+      loss  = token_mean(pg + kl_coef * k3(logp, ref_logp))
+    With old_logp = logp.detach() (one step per rollout batch) the loss *value* is -mean(A) ~ 0
+    while its gradient is -A * grad log p: a loss near zero is expected, not a bug."""
+    adv = advantages[:, None]                                                         # [B, 1]
+    ratio = torch.exp(logp - old_logp)                                                # [B, L]
+    pg = -torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)       # [B, L]
+    kl = k3_kl(logp, ref_logp)                                                        # [B, L]
+    loss = masked_mean(pg + kl_coef * kl, mask)
+    return loss, {"pg_loss": masked_mean(pg, mask).item(), "kl": masked_mean(kl, mask).item(),
+                  "clip_frac": masked_mean(((ratio - 1).abs() > clip_eps).float(), mask).item()}

@@ -1,0 +1,231 @@
+"""The embedded default world: a miniature of the paper's setting that runs offline in minutes.
+
+What the paper has                         | What this world has
+-------------------------------------------|-----------------------------------------------------
+LMSYS prompts, train / test split          | 32 topics x 48 prompts (6 openers x 8 templates): 44 train,
+                                           |  4 test per topic; one teacher response per train prompt
+Dolly / SelfInst / Vicuna (out of domain)  | 8 more topics that never appear in teacher data ("ood")
+GPT-5-Chat, a black-box teacher            | `teacher_respond`: a stochastic program with 3 answer modes and
+                                           |  cross-slot constraints (category-correct, distinct adjectives)
+a pretrained Qwen student                  | a tiny Llama pretrained here on a broad mix of answer styles in
+                                           |  which teacher-like answers are a 25% minority
+GPT-4o judge                               | `judge`: a *privileged* judge that knows the teacher's grammar. It
+                                           |  is used only by eval.py, never in training.
+
+The student sees the teacher only as text (teacher.py wraps `teacher_respond` as a black box).
+Everything is word-level and lower-case with spaces around punctuation, so text <-> tokens
+round-trips exactly and the judge can parse responses.
+"""
+import itertools
+import random
+import re
+
+import torch
+
+# ---------------------------------------------------------------------------- the world's facts
+CATEGORIES = {  # category -> (topics, adjectives the teacher may use, verbs of the "fact" mode)
+    "animal": ("cats dogs owls foxes horses rabbits bears wolves frogs eagles".split(),
+               "furry wild clever quick gentle loyal playful strong".split(), "watch feed study love".split()),
+    "food": ("apples bread cheese grapes lemons rice cookies pears soup carrots".split(),
+             "sweet fresh crunchy ripe tasty warm juicy salty".split(), "eat cook buy share".split()),
+    "place": ("cities forests deserts islands mountains rivers villages beaches lakes caves".split(),
+              "quiet vast ancient sunny peaceful remote busy green".split(), "visit explore love paint".split()),
+    "instrument": ("drums flutes guitars pianos violins trumpets organs harps banjos cellos".split(),
+                   "loud melodic bright elegant soft rhythmic classic graceful".split(), "play hear tune love".split()),
+}
+OOD_PER_CATEGORY = 2  # the last 2 topics of each category never appear in teacher data ("ood" split)
+TOPIC_CATEGORY = {t: c for c, (ts, _, _) in CATEGORIES.items() for t in ts}
+TOPICS = list(TOPIC_CATEGORY)
+IN_DOMAIN_TOPICS = [t for c, (ts, _, _) in CATEGORIES.items() for t in ts[:-OOD_PER_CATEGORY]]
+OOD_TOPICS = [t for c, (ts, _, _) in CATEGORIES.items() for t in ts[-OOD_PER_CATEGORY:]]
+TEST_PROMPTS_PER_TOPIC = 4  # of each in-domain topic's 48 prompts, 4 are held out ("test" split)
+PROMPT_TEMPLATES = ["tell me about {t} .", "what do you think of {t} ?", "describe {t} .",
+                    "say something about {t} .", "what are {t} like ?", "give me your view on {t} .",
+                    "talk about {t} .", "any thoughts on {t} ?"]
+PROMPT_OPENERS = ["", "please", "hey ,", "hello !", "quick question :", "i wonder ,"]  # x 8 templates
+TEACHER_MODES = {  # mode -> (probability, template); {a}, {b}, {c} are distinct category adjectives
+    "fact": (0.5, "{t} are {a} . people {v} them every day ."),
+    "opinion": (0.3, "i think {t} are {a} and {b} !"),
+    "list": (0.2, "three things about {t} : {a} , {b} , {c} ."),
+}
+# The starting student's pretraining mix: teacher-like answers are a minority (25%).
+PRETRAIN_STYLES = {"teacher": 0.25, "plain": 0.2, "wrong_category": 0.15, "ramble": 0.1,
+                   "off_topic": 0.15, "refusal": 0.15}
+SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} "
+                 "{% if m['role'] == 'assistant' %}<|end|> {% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def prompt_messages(topic, template_index, opener_index=0):
+    text = (PROMPT_OPENERS[opener_index] + " " + PROMPT_TEMPLATES[template_index].format(t=topic)).strip()
+    return [{"role": "user", "content": text}]
+
+
+def prompts(split):
+    """The fixed prompt splits (the same for every seed):
+    train: in-domain topics, 44 of their 48 prompts (opener x template); the teacher data
+    test:  in-domain topics, the other 4 prompts (like the paper's held-out LMSYS prompts)
+    ood:   8 topics that never appear in teacher data, 8 prompts each (like Dolly / SelfInst / Vicuna)"""
+    if split not in ("train", "test", "ood"):
+        raise ValueError(f"unknown prompt split {split!r}: expected train, test or ood")
+    if split == "ood":
+        return [prompt_messages(t, i) for t in OOD_TOPICS for i in range(len(PROMPT_TEMPLATES))]
+    out = []
+    for k, t in enumerate(IN_DOMAIN_TOPICS):
+        combos = [(i, j) for j in range(len(PROMPT_OPENERS)) for i in range(len(PROMPT_TEMPLATES))]
+        test = set(random.Random(k).sample(combos, TEST_PROMPTS_PER_TOPIC))
+        out += [prompt_messages(t, i, j) for i, j in combos if ((i, j) in test) == (split == "test")]
+    return out
+
+
+def topic_of(messages):
+    """The topic a prompt asks about (the last user message), or None."""
+    words = messages[-1]["content"].split()
+    return next((w for w in words if w in TOPIC_CATEGORY), None)
+
+
+# ---------------------------------------------------------------------------- answer generators
+def _teacher_answer(topic, rng, category=None):
+    cat = category or TOPIC_CATEGORY[topic]
+    _, adjs, verbs = CATEGORIES[cat]
+    mode = rng.choices(list(TEACHER_MODES), weights=[p for p, _ in TEACHER_MODES.values()])[0]
+    a, b, c = rng.sample(adjs, 3)
+    return TEACHER_MODES[mode][1].format(t=topic, a=a, b=b, c=c, v=rng.choice(verbs))
+
+
+def teacher_respond(messages, rng):
+    """The teacher program. A black box to training: teacher.py exposes only its text."""
+    topic = topic_of(messages)
+    if topic is None:
+        return "i can only talk about things i know ."
+    return _teacher_answer(topic, rng)
+
+
+def _pretrain_answer(topic, rng):
+    style = rng.choices(list(PRETRAIN_STYLES), weights=list(PRETRAIN_STYLES.values()))[0]
+    cat = TOPIC_CATEGORY[topic]
+    adj = rng.choice(CATEGORIES[cat][1])
+    if style == "teacher":
+        return _teacher_answer(topic, rng)
+    if style == "plain":
+        return f"{topic} are {adj} ."
+    if style == "wrong_category":  # teacher-shaped, but with another category's words
+        return _teacher_answer(topic, rng, category=rng.choice([c for c in CATEGORIES if c != cat]))
+    if style == "ramble":
+        return " ".join(f"{topic} are {rng.choice(CATEGORIES[cat][1])} ." for _ in range(rng.randint(3, 6)))
+    if style == "off_topic":  # teacher-shaped, but about something else
+        return _teacher_answer(rng.choice([t for t in TOPICS if t != topic]), rng)
+    return f"i do not know much about {topic} ."
+
+
+def pretrain_corpus(size, seed):
+    """(messages, response) pairs over *all* topics: the student knows the world, not the teacher."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(size):
+        topic = rng.choice(TOPICS)
+        messages = prompt_messages(topic, rng.randrange(len(PROMPT_TEMPLATES)), rng.randrange(len(PROMPT_OPENERS)))
+        out.append((messages, _pretrain_answer(topic, rng)))
+    return out
+
+
+# ---------------------------------------------------------------------------- the privileged judge
+def _mode_patterns(topic):
+    cat = TOPIC_CATEGORY[topic]
+    adj = "(" + "|".join(CATEGORIES[cat][1]) + ")"
+    verb = "(?:" + "|".join(CATEGORIES[cat][2]) + ")"
+    t = re.escape(topic)
+    return {"fact": re.compile(rf"^{t} are {adj} \. people {verb} them every day \.$"),
+            "opinion": re.compile(rf"^i think {t} are {adj} and {adj} !$"),
+            "list": re.compile(rf"^three things about {t} : {adj} , {adj} , {adj} \.$")}
+
+
+def judge(topic, response):
+    """Privileged judge of one response. Never used for training.
+
+    valid:    the response is in the teacher's support for this prompt (right mode grammar, the
+              topic's own category words, distinct adjectives, finished). This is `fidelity`.
+    relevant: mentions the prompt's topic and no other topic.
+    mode:     which teacher mode it matches (None if not valid).
+    """
+    words = response.split()
+    mentioned = {w for w in words if w in TOPIC_CATEGORY}
+    mode = None
+    for name, pattern in _mode_patterns(topic).items():
+        m = pattern.match(response.strip())
+        if m and len(set(m.groups())) == len(m.groups()):
+            mode = name
+    return {"valid": mode is not None, "mode": mode, "relevant": mentioned == {topic}, "length": len(words)}
+
+
+def distinct_n(responses, n=2):
+    """Unique n-grams / all n-grams over a set of responses (1.0 = no repetition at all)."""
+    grams = [tuple(ws[i:i + n]) for r in responses for ws in [r.split()] for i in range(len(ws) - n + 1)]
+    return len(set(grams)) / max(len(grams), 1)
+
+
+# ---------------------------------------------------------------------------- tokenizer and student
+def build_tokenizer():
+    """A word-level tokenizer with a chat template, built offline (a `PreTrainedTokenizerFast`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    words = set(" ".join(PROMPT_TEMPLATES + PROMPT_OPENERS + [m[1] for m in TEACHER_MODES.values()]).split())
+    words |= {"i", "do", "not", "know", "much", "about", "can", "only", "talk", "things", "."}
+    for ts, adjs, verbs in CATEGORIES.values():
+        words |= set(ts) | set(adjs) | set(verbs)
+    words = sorted(w for w in words if "{" not in w)
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<|pad|>", unk_token="<|unk|>",
+                                   eos_token="<|end|>", chat_template=CHAT_TEMPLATE)
+
+
+def student_config(tokenizer, hidden=64, layers=2):
+    from transformers import LlamaConfig
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                       max_position_embeddings=128, tie_word_embeddings=True,
+                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                       bos_token_id=None)
+
+
+def build_student(out_dir, seed=0, steps=400, batch_size=64, lr=3e-3, hidden=64, layers=2, log=print):
+    """Pretrain the starting student on the broad corpus and save it (model + tokenizer) to out_dir.
+
+    Returns the folder, which loads with plain `AutoModelForCausalLM.from_pretrained`.
+    """
+    from transformers import LlamaForCausalLM
+
+    import generator as G
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    model = LlamaForCausalLM(student_config(tok, hidden, layers))
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = tok.pad_token_id, tok.eos_token_id
+    corpus = pretrain_corpus(steps * batch_size, seed=seed + 1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    for step, i in enumerate(range(0, len(corpus), batch_size)):
+        chunk = corpus[i:i + batch_size]
+        batch = G.pack([G.prompt_ids(tok, m) for m, _ in chunk], [G.response_ids(tok, r) for _, r in chunk],
+                       tok.pad_token_id)
+        loss, _ = G.sft_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"[pretrain] step {step:4d}/{steps}  loss {loss.item():.3f}")
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+# Number of distinct valid teacher responses per topic (for the README's description of the world).
+def support_size():
+    n = len(CATEGORIES["animal"][1])
+    perms = lambda k: len(list(itertools.permutations(range(n), k)))
+    return n * len(CATEGORIES["animal"][2]) + perms(2) + perms(3)

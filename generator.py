@@ -112,8 +112,8 @@ def token_logprobs(model, batch, temperature=1.0, with_entropy=False):
 
 def masked_mean(x, mask):
     """Mean of x over mask==1 entries (token mean over the whole batch); 0, not NaN, if all masked."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    mask = mask.bool()
+    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------- losses

@@ -183,7 +183,7 @@ def build_tokenizer():
                                    eos_token="<|end|>", chat_template=CHAT_TEMPLATE)
 
 
-def student_config(tokenizer, hidden=64, layers=2):
+def student_config(tokenizer, hidden=128, layers=3):
     from transformers import LlamaConfig
     return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
@@ -192,7 +192,7 @@ def student_config(tokenizer, hidden=64, layers=2):
                        bos_token_id=None)
 
 
-def build_student(out_dir, seed=0, steps=400, batch_size=64, lr=3e-3, hidden=64, layers=2, log=print):
+def build_student(out_dir, seed=0, steps=800, batch_size=64, lr=2e-3, hidden=128, layers=3, log=print):
     """Pretrain the starting student on the broad corpus and save it (model + tokenizer) to out_dir.
 
     Returns the folder, which loads with plain `AutoModelForCausalLM.from_pretrained`.

@@ -1,0 +1,70 @@
+"""Discriminator: the score is read at the last response token; padding does not change it; EOS symmetry."""
+import torch
+
+import discriminator as D
+import generator as G
+import train_gad
+import world
+
+
+def make_disc(tiny_dir):
+    torch.manual_seed(0)
+    return D.Discriminator.from_pretrained(tiny_dir).eval()
+
+
+def test_last_token_index_left_and_right():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert D.last_token_index(mask).tolist() == [2, 4, 4]
+
+
+def test_score_is_read_at_the_last_response_token(tiny_dir, tok):
+    disc = make_disc(tiny_dir)
+    p = G.prompt_ids(tok, world.prompts("train")[0])
+    r = G.response_ids(tok, "cats are furry .")
+    batch = G.pack([p, p[:4]], [r, r[:2]], tok.pad_token_id)
+    with torch.no_grad():
+        scores = disc(batch)
+        h = disc.backbone(input_ids=torch.tensor([p + r])).last_hidden_state[0]      # unpadded, direct
+        assert torch.allclose(scores[0], disc.head(h[-1]).squeeze(), atol=1e-5)      # the EOS position
+        assert not torch.allclose(scores[0], disc.head(h[-2]).squeeze(), atol=1e-3)  # not one before
+
+
+def test_padding_does_not_change_a_score(tiny_dir, tok):
+    disc = make_disc(tiny_dir)
+    prompts = [G.prompt_ids(tok, m) for m in world.prompts("train")[:3]]
+    responses = [G.response_ids(tok, t) for t in ["cats are furry .", "i think", "three things about dogs : a"]]
+    with torch.no_grad():
+        alone = torch.stack([disc(G.pack([p], [r], tok.pad_token_id))[0] for p, r in zip(prompts, responses)])
+        right = disc(G.pack(prompts, responses, tok.pad_token_id))
+        left = disc(G.pack(prompts, responses, tok.pad_token_id, left_pad=True))
+    assert torch.allclose(alone, right, atol=1e-5) and torch.allclose(alone, left, atol=1e-5)
+
+
+def test_teacher_and_student_rows_both_end_with_eos(tiny_lm, tok):
+    """The symmetry test: D sees EOS as the last token of teacher rows and of finished student rows."""
+    cfg = train_gad.parse_args(["--batch-prompts", "3", "--n-samples", "2"])
+    prompts = world.prompts("train")[:3]
+    data = train_gad.Data(tok, prompts, ["cats are furry .", "dogs are wild .", "i think owls are quick !"],
+                          cfg, log=lambda *a: None)
+    student = [G.response_ids(tok, t) for t in ["cats are furry .", "a", "b", "c", "d", "e"]]
+    for batch in (train_gad.teacher_batch(data, [0, 1, 2], tok.pad_token_id),
+                  train_gad.student_batch(data, [0, 1, 2], student, 2, tok.pad_token_id)):
+        last = D.last_token_index(batch["attention_mask"])
+        assert (batch["input_ids"][torch.arange(len(last)), last] == tok.eos_token_id).all()
+        # the response mask covers the EOS as well
+        assert (batch["response_mask"][torch.arange(len(last)), last] == 1).all()
+    # the same text as teacher and as a (finished) student sample is the very same row, so the same score
+    t = train_gad.teacher_batch(data, [0], tok.pad_token_id)
+    s = train_gad.student_batch(data, [0], student[:2], 2, tok.pad_token_id)
+    assert torch.equal(t["input_ids"][0], s["input_ids"][0, :t["input_ids"].shape[1]])
+
+
+def test_discriminator_save_and_reload(tiny_dir, tok, tmp_path):
+    disc = make_disc(tiny_dir)
+    with torch.no_grad():
+        disc.head.bias.fill_(0.5)
+    disc.save_pretrained(str(tmp_path))
+    again = D.Discriminator.from_pretrained(str(tmp_path))
+    batch = G.pack([G.prompt_ids(tok, world.prompts("train")[0])], [G.response_ids(tok, "x")], tok.pad_token_id)
+    with torch.no_grad():
+        assert torch.allclose(disc(batch), again(batch), atol=1e-6)

@@ -1,0 +1,72 @@
+"""Short end-to-end runs of train_gad.py and eval.py in a subprocess (fixed step counts, tiny settings)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--pretrain-steps", "300", "--batch-prompts", "8", "--n-samples", "4", "--warmup-steps", "20",
+        "--d-only-steps", "5", "--gad-steps", "20", "--eval-samples", "2", "--log-every", "10",
+        "--sample-every", "10"]
+
+
+def run(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout + p.stderr
+
+
+@pytest.fixture(scope="module")
+def gad_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run"))
+    log = run("train_gad.py", "--out-dir", out, "--mode", "gad", *TINY)
+    return out, log
+
+
+def test_gad_moves_fidelity_up_and_keeps_relevance(gad_run):
+    out, _ = gad_run
+    ev = json.load(open(os.path.join(out, "eval.json")))
+    assert ev["gad"]["fidelity"] >= ev["before"]["fidelity"] + 0.15, ev
+    assert ev["gad"]["relevance"] >= ev["before"]["relevance"] - 0.1, ev
+    assert ev["teacher"]["fidelity"] == 1.0
+
+
+def test_contract_files(gad_run):
+    out, log = gad_run
+    for name in ("metrics.jsonl", "eval.json", "config.json", "teacher_cache.jsonl"):
+        assert os.path.exists(os.path.join(out, name)), name
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(os.path.join(out, "gad", "generator"))     # plain HF load
+    for stage in ("warmup", "gad"):
+        assert os.path.exists(os.path.join(out, stage, "discriminator", "discriminator_head.pt"))
+    ev = json.load(open(os.path.join(out, "eval.json")))
+    for model in ("before", "warmup", "gad", "teacher"):
+        for key in ("fidelity", "relevance", "length", "distinct_2", "ood_fidelity"):
+            assert key in ev[model], (model, key)
+            assert 0.0 <= ev[model]["fidelity"] <= 1.0
+    recs = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["stage"] for r in recs] == ["warmup"] * 20 + ["gad"] * 20
+    assert [r["step"] for r in recs] == list(range(40))
+    gad = recs[-1]
+    for key in ("d_loss", "d_acc", "d_teacher_score", "d_student_score", "reward_mean", "reward_std", "kl",
+                "entropy", "response_length", "g_grad_norm", "d_grad_norm", "seconds"):
+        assert key in gad, key
+    assert "sft_loss" not in recs[0] and "sft_loss" in recs[5]      # D alone for the first d_only_steps
+    assert "student:" in log and "teacher:" in log                    # the sample triple is printed
+
+
+def test_seqkd_mode_and_standalone_eval(gad_run):
+    out, _ = gad_run
+    log = run("train_gad.py", "--out-dir", out, "--mode", "seqkd", *TINY)
+    assert "reusing the pretrained starting student" in log
+    assert "0 teacher calls" in log                                   # the teacher cache was hit
+    recs = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert sum(r["stage"] == "seqkd" for r in recs) == 40 and sum(r["stage"] == "gad" for r in recs) == 20
+    os.remove(os.path.join(out, "eval.json"))
+    log = run("eval.py", out, "--samples", "1")
+    ev = json.load(open(os.path.join(out, "eval.json")))
+    assert set(ev) >= {"before", "warmup", "seqkd", "gad", "teacher"}
+    assert "fidelity" in log

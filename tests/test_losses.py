@@ -1,0 +1,118 @@
+"""Unit and property tests of every loss, advantage and mask."""
+import math
+
+import torch
+
+import discriminator as D
+import generator as G
+
+
+def test_bt_loss_is_ln2_for_equal_scores():
+    t, s = torch.zeros(3), torch.zeros(3 * 4)
+    loss, m = D.bt_loss(t, s, n=4)
+    assert abs(loss.item() - math.log(2)) < 1e-6
+    assert m["d_acc"] == 0.0  # ties are not counted as correct
+
+
+def test_bt_gradient_raises_teacher_and_lowers_student():
+    t = torch.randn(3, requires_grad=True)
+    s = torch.randn(12, requires_grad=True)
+    loss, _ = D.bt_loss(t, s, n=4)
+    loss.backward()
+    assert (t.grad < 0).all(), "descending the loss must raise every teacher score"
+    assert (s.grad > 0).all(), "descending the loss must lower every student score"
+
+
+def test_bt_pairs_each_sample_with_its_own_prompts_teacher():
+    t = torch.tensor([10.0, -10.0])             # prompt 0's teacher scores high, prompt 1's low
+    s = torch.tensor([0.0, 0.0, 0.0, 0.0])       # n = 2 samples per prompt
+    _, m = D.bt_loss(t, s, n=2)
+    assert m["d_acc"] == 0.5                     # right for prompt 0's pairs, wrong for prompt 1's
+
+
+def test_bce_loss_direction():
+    t = torch.zeros(2, requires_grad=True)
+    s = torch.zeros(4, requires_grad=True)
+    loss, _ = D.bce_loss(t, s, n=2)
+    loss.backward()
+    assert abs(loss.item() - 2 * math.log(2)) < 1e-6
+    assert (t.grad < 0).all() and (s.grad > 0).all()
+
+
+def test_group_advantages_zero_mean_unit_scale():
+    torch.manual_seed(0)
+    r = torch.randn(5 * 8) * 3 + 7
+    a = G.group_advantages(r, n=8).view(5, 8)
+    assert torch.allclose(a.mean(-1), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(a.std(-1, unbiased=False), torch.ones(5), atol=1e-3)
+    # order within the group is kept: the best sample gets the largest advantage
+    assert (a.argmax(-1) == r.view(5, 8).argmax(-1)).all()
+
+
+def test_group_advantages_identical_rewards_give_zeros_not_nan():
+    r = torch.tensor([1.5] * 4 + [0.0, 1.0, 2.0, 3.0])
+    a = G.group_advantages(r, n=4)
+    assert torch.isfinite(a).all()
+    assert (a[:4] == 0).all()
+    assert a[4:].abs().sum() > 0
+
+
+def test_k3_zero_when_equal_and_nonnegative():
+    torch.manual_seed(0)
+    x = torch.randn(1000) * 5
+    assert torch.equal(G.k3_kl(x, x), torch.zeros(1000))
+    y = torch.randn(1000) * 5
+    kl = G.k3_kl(x, y)
+    assert (kl >= 0).all() and (kl > 0).any()
+
+
+def test_k3_is_an_unbiased_kl_estimate():
+    # samples from p; E_p[k3] = KL(p || q)
+    torch.manual_seed(0)
+    p = torch.distributions.Categorical(logits=torch.tensor([1.0, 0.0, -1.0]))
+    q = torch.distributions.Categorical(logits=torch.tensor([0.0, 0.5, 0.0]))
+    x = p.sample((200000,))
+    est = G.k3_kl(p.log_prob(x), q.log_prob(x)).mean()
+    assert abs(est.item() - torch.distributions.kl_divergence(p, q).item()) < 0.01
+
+
+def test_masked_mean_ignores_masked_entries_and_never_nans():
+    x = torch.tensor([[1.0, 2.0, 100.0], [float("nan"), 5.0, 7.0]])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    assert G.masked_mean(x, mask).item() == 1.5
+    assert G.masked_mean(torch.zeros(2, 3), torch.zeros(2, 3)).item() == 0.0  # all masked: 0, not NaN
+
+
+def test_policy_loss_all_masked_row_is_finite():
+    logp = torch.randn(2, 5, requires_grad=True)
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 0, 0, 0]])
+    loss, m = G.policy_loss(logp, logp.detach(), logp.detach(), torch.tensor([1.0, -1.0]), mask)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    assert (logp.grad[1] == 0).all(), "a fully masked row must get no gradient"
+
+
+def test_policy_loss_value_is_minus_mean_advantage_and_gradient_follows_advantage():
+    logp = torch.full((2, 4), -1.0, requires_grad=True)
+    mask = torch.ones(2, 4)
+    adv = torch.tensor([2.0, -2.0])
+    loss, m = G.policy_loss(logp, logp.detach(), logp.detach(), adv, mask, kl_coef=0.0)
+    assert abs(loss.item()) < 1e-6 and m["kl"] == 0.0   # on-policy loss value ~ 0 by construction
+    loss.backward()
+    assert (logp.grad[0] < 0).all() and (logp.grad[1] > 0).all()  # descent raises logp where A > 0
+
+
+def test_policy_loss_kl_term_pulls_towards_reference():
+    logp = torch.zeros(1, 3, requires_grad=True)
+    ref = torch.full((1, 3), -1.0)                       # the policy is above the reference
+    loss, m = G.policy_loss(logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 3), kl_coef=1.0)
+    loss.backward()
+    assert m["kl"] > 0 and (logp.grad > 0).all()         # descent lowers logp towards ref
+
+
+def test_policy_loss_clips_large_ratios():
+    logp = torch.tensor([[0.5]], requires_grad=True)      # ratio e^0.5 > 1.2 with A > 0: clipped
+    loss, m = G.policy_loss(logp, torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1),
+                            clip_eps=0.2, kl_coef=0.0)
+    loss.backward()
+    assert m["clip_frac"] == 1.0 and logp.grad.item() == 0.0

@@ -1,0 +1,50 @@
+"""The embedded world: splits, tokenizer, and the privileged judge."""
+import random
+
+import world
+
+
+def test_splits_are_fixed_and_disjoint():
+    train, test, ood = (world.prompts(s) for s in ("train", "test", "ood"))
+    key = lambda ms: {m[-1]["content"] for m in ms}
+    assert len(train) == 1408 and len(test) == 128 and len(ood) == 64
+    assert not (key(train) & key(test)) and not (key(train) & key(ood)) and not (key(test) & key(ood))
+    assert {world.topic_of(m) for m in test} <= {world.topic_of(m) for m in train}
+    assert not {world.topic_of(m) for m in ood} & {world.topic_of(m) for m in train}
+    assert world.prompts("test") == test
+
+
+def test_tokenizer_round_trips_and_has_a_chat_template():
+    tok = world.build_tokenizer()
+    text = "three things about cats : furry , wild , quick ."
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    rendered = tok.apply_chat_template(world.prompts("train")[0], add_generation_prompt=True, tokenize=False)
+    assert rendered.startswith("<|user|>") and rendered.endswith("<|assistant|>")
+    assert tok.unk_token_id not in tok(rendered, add_special_tokens=False)["input_ids"]
+
+
+def test_judge_rejects_each_kind_of_failure():
+    ok = "i think cats are furry and wild !"
+    assert world.judge("cats", ok)["valid"]
+    bad = {"wrong category words": "i think cats are sweet and wild !",
+           "repeated adjective": "i think cats are furry and furry !",
+           "off topic": "i think dogs are furry and wild !",
+           "unfinished": "i think cats are furry and",
+           "plain style": "cats are furry .",
+           "ramble": "cats are furry . cats are wild . cats are quick ."}
+    for why, text in bad.items():
+        assert not world.judge("cats", text)["valid"], why
+    assert not world.judge("cats", "i think dogs are furry and wild !")["relevant"]
+    assert not world.judge("cats", "cats and dogs are furry .")["relevant"]
+
+
+def test_pretraining_corpus_has_teacher_answers_as_a_minority():
+    corpus = world.pretrain_corpus(4000, seed=0)
+    valid = sum(world.judge(world.topic_of(m), r)["valid"] for m, r in corpus) / len(corpus)
+    assert 0.15 < valid < 0.35, valid
+
+
+def test_distinct_n():
+    assert world.distinct_n(["a b c", "a b d"], 2) == 3 / 4
+    assert world.distinct_n(["a a a a"], 2) == 1 / 3
+    assert world.distinct_n([], 2) == 0

@@ -1,6 +1,7 @@
 """Evaluate students (and the teacher) on the held-out prompts with the privileged judge.
 
     python eval.py runs/default            # judge every checkpoint of a run, print a table, write eval.json
+    python eval.py --summary runs/seed0 runs/seed1 runs/seed2   # mean +- std over runs' eval.json (markdown)
 
 Metrics per model, on the in-domain "test" prompts (never in teacher data; their topics are), and
 again with an "ood_" prefix on the out-of-domain topics (never in teacher data at all):
@@ -43,6 +44,19 @@ def student_responses(model, tokenizer, prompts, n, temperature, max_new_tokens)
     return texts, sum(G.finished(r, eos) for r in ids) / len(ids)
 
 
+def checkpoint(run_dir, name):
+    """The generator folder of a run's model; 'before' may be a --student folder given by path."""
+    path = os.path.join(run_dir, name, "generator")
+    if os.path.isdir(path):
+        return path
+    config = os.path.join(run_dir, "config.json")
+    if name == "before" and os.path.exists(config):
+        student = json.load(open(config)).get("student")
+        if student and student != "embedded" and os.path.isdir(student):
+            return student
+    return None
+
+
 def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log=print):
     """Judge every checkpoint found in run_dir plus the teacher; write run_dir/eval.json atomically.
 
@@ -54,8 +68,8 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
     splits = {"": world.prompts("test"), "ood_": world.prompts("ood")}
     results, examples = {}, {}
     for name in MODELS:
-        path = os.path.join(run_dir, name, "generator")
-        if not os.path.isdir(path):
+        path = checkpoint(run_dir, name)
+        if path is None:
             continue
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path)
@@ -99,14 +113,38 @@ def format_table(results, prefix=""):
     return "\n".join(lines)
 
 
+def summarize(run_dirs, keys=("fidelity", "relevance", "length", "distinct_2", "modes", "ood_fidelity",
+                                 "ood_relevance")):
+    """Markdown table of mean +- std (population) over several runs' eval.json."""
+    import statistics
+    evals = [json.load(open(os.path.join(d, "eval.json"))) for d in run_dirs]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in MODELS + ["teacher"]:
+        if all(name in e for e in evals):
+            cells = []
+            for k in keys:
+                v = [e[name][k] for e in evals]
+                cells.append(f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\n({len(evals)} runs: {', '.join(run_dirs)})"
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", help="a run folder written by train_gad.py (holds before/, gad/, seqkd/ ...)")
-    ap.add_argument("--samples", type=int, default=4, help="samples per held-out prompt")
+    ap.add_argument("run_dirs", nargs="+", help="run folder(s) written by train_gad.py (before/, gad/, seqkd/ ...)")
+    ap.add_argument("--summary", action="store_true", help="only aggregate the runs' existing eval.json files")
+    ap.add_argument("--samples", type=int, default=4, help="samples per prompt")
     ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0 = greedy)")
     ap.add_argument("--max-new-tokens", type=int, default=40, help="response length limit in tokens")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     a = ap.parse_args()
-    if not os.path.isdir(a.run_dir):
-        sys.exit(f"eval.py: run folder not found: {a.run_dir}")
-    evaluate(a.run_dir, a.samples, a.temperature, a.max_new_tokens, a.seed)
+    for d in a.run_dirs:
+        if not os.path.isdir(d):
+            sys.exit(f"eval.py: run folder not found: {d}")
+        if a.summary and not os.path.exists(os.path.join(d, "eval.json")):
+            sys.exit(f"eval.py: {os.path.join(d, 'eval.json')} not found (run eval.py {d} first)")
+    if a.summary:
+        print(summarize(a.run_dirs))
+    else:
+        for d in a.run_dirs:
+            evaluate(d, a.samples, a.temperature, a.max_new_tokens, a.seed)

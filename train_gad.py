@@ -52,7 +52,7 @@ CONFIG = {  # name: (default, meaning)
     "gad_steps": (176, "stage 2 steps (paper: 2 epochs)"),
     "seqkd_steps": (-1, "SeqKD steps; -1 = warmup_steps + gad_steps (same G steps; here 3 epochs, as the paper)"),
     "lr_warmup": (5e-4, "G learning rate in warmup SFT (paper: 1e-6 for 3-14B models)"),
-    "lr_gad": (1e-4, "G learning rate in GAD (paper: 1e-6)"),
+    "lr_gad": (3e-5, "G learning rate in GAD (paper: 1e-6); 1e-4 diverged here (README)"),
     "lr_d": (1e-3, "D learning rate, warmup and GAD (paper: 1e-6)"),
     "lr_seqkd": (5e-4, "G learning rate for the SeqKD baseline (paper: 5e-6)"),
     "kl_coef": (0.001, "weight of the k3 KL-to-reference loss term (paper: 0.001)"),

@@ -1,7 +1,17 @@
-"""Evaluate students (and the teacher) on the held-out prompts with the privileged judge.
+"""Evaluate a run's students (and the teacher) and write eval.json.
 
-    python eval.py runs/default            # judge every checkpoint of a run, print a table, write eval.json
+    python eval.py runs/default            # embedded world: the privileged judge on held-out prompts
     python eval.py --summary runs/seed0 runs/seed1 runs/seed2   # mean +- std over runs' eval.json (markdown)
+    python eval.py runs/qwen --test-data lmsys_test.parquet --judge openai:gpt-4o   # real models (the paper's judge)
+
+Real models (--test-data): greedy answers to the test prompts, then
+  judge_score  the paper's protocol: the judge writes a reference answer, then rates the student's answer
+               and the reference 1-10 in both orders; per prompt 100 * s / (s + r), s and r averaged over
+               the two orders (this cancels position bias); ~50 = as good as the judge's own answer.
+               Replies whose scores cannot be read are counted (judge_unparsed) and not scored.
+  rouge_l, ngram_1..4   overlap with the test file's teacher_response (diagnostics only: the paper finds
+               SeqKD higher on overlap yet lower on the judge)
+  length, distinct_2, finished
 
 Metrics per model, on the in-domain "test" prompts (never in teacher data; their topics are), and
 again with an "ood_" prefix on the out-of-domain topics (never in teacher data at all):
@@ -16,6 +26,8 @@ again with an "ood_" prefix on the out-of-domain topics (never in teacher data a
 import argparse
 import json
 import os
+import re
+import statistics
 import sys
 
 import torch
@@ -37,11 +49,18 @@ def judge_responses(prompts, responses, n):
             "modes": sum(modes) / len(modes)}
 
 
-def student_responses(model, tokenizer, prompts, n, temperature, max_new_tokens):
-    ids = G.sample(model, tokenizer, [G.prompt_ids(tokenizer, m) for m in prompts], n, temperature, max_new_tokens)
-    eos = tokenizer.eos_token_id
-    texts = [tokenizer.decode(r[:-1] if G.finished(r, eos) else r) for r in ids]
-    return texts, sum(G.finished(r, eos) for r in ids) / len(ids)
+def student_responses(model, tokenizer, prompts, n, temperature, max_new_tokens, gen_batch_size=64):
+    ids = G.sample(model, tokenizer, [G.prompt_ids(tokenizer, m) for m in prompts], n, temperature, max_new_tokens,
+                   gen_batch_size)
+    texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
+    return texts, sum(G.finished(r, tokenizer.eos_token_id) for r in ids) / len(ids)
+
+
+def write_json(path, obj):
+    """Write to a temporary name, then rename: a crash never leaves a half-written file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def checkpoint(run_dir, name):
@@ -89,10 +108,7 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
         examples[prefix]["teacher"] = texts[::samples]
     results["_config"] = {"samples_per_prompt": samples, "temperature": temperature, "seed": seed,
                           "prompts": {"test": len(splits[""]), "ood": len(splits["ood_"])}}
-    tmp = os.path.join(run_dir, "eval.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(run_dir, "eval.json"))
+    write_json(os.path.join(run_dir, "eval.json"), results)
     log("In-domain test prompts:\n" + format_table(results) + "\n\nOut-of-domain topics:\n"
         + format_table(results, "ood_"))
     for prefix, prompts in splits.items():
@@ -113,10 +129,146 @@ def format_table(results, prefix=""):
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- real models: the paper's judge
+JUDGE_REFERENCE = "Answer the user's request as helpfully and accurately as you can."
+JUDGE_RATE = """You are judging two AI assistants' answers to the same user question.
+
+[Question]
+{question}
+
+[Assistant 1's answer]
+{a1}
+[End of Assistant 1's answer]
+
+[Assistant 2's answer]
+{a2}
+[End of Assistant 2's answer]
+
+Rate each answer for helpfulness, relevance, accuracy and level of detail, from 1 (worst) to 10 (best).
+On the first line write only the two scores, Assistant 1's then Assistant 2's, separated by a space.
+Then explain your judgement. The order in which the answers appear must not influence you."""
+_SCORE_LINE = re.compile(r"^\D*?(\d+(?:\.\d+)?)\s*(?:/\s*10)?[\s,;]+(\d+(?:\.\d+)?)\s*(?:/\s*10)?")
+
+
+def parse_scores(reply):
+    """The judge's first non-empty line -> (score 1, score 2), or None if it cannot be read."""
+    line = next((ln for ln in (reply or "").splitlines() if ln.strip()), "")
+    m = _SCORE_LINE.match(line.strip())
+    if not m:
+        return None
+    a, b = float(m.group(1)), float(m.group(2))
+    return (a, b) if 0 <= a <= 10 and 0 <= b <= 10 else None
+
+
+def judge_scores(questions, answers, judge, cache, concurrency=8, log=print):
+    """Paper protocol. The judge writes a reference answer per question, then rates (student, reference)
+    in both orders; per question score = 100 * s / (s + r) with s, r averaged over the orders that
+    parsed. Returns (mean score, number of unparseable replies, number of questions scored)."""
+    import teacher as T
+    ref_prompts = [[{"role": "system", "content": JUDGE_REFERENCE}] + q for q in questions]
+    refs, _ = T.collect(judge, ref_prompts, cache, n=1, concurrency=concurrency, log=log)
+    rate = []
+    for q, a, (r,) in zip(questions, answers, refs):
+        text = q[-1]["content"]
+        rate.append([{"role": "user", "content": JUDGE_RATE.format(question=text, a1=a, a2=r)}])
+        rate.append([{"role": "user", "content": JUDGE_RATE.format(question=text, a1=r, a2=a)}])
+    replies, _ = T.collect(judge, rate, cache, n=1, concurrency=concurrency, log=log)
+    scores, unparsed = [], 0
+    for i in range(0, len(replies), 2):
+        first, second = parse_scores(replies[i][0]), parse_scores(replies[i + 1][0])
+        unparsed += (first is None) + (second is None)
+        pairs = ([first] if first else []) + ([(second[1], second[0])] if second else [])  # (student, ref)
+        if pairs:
+            s = sum(p[0] for p in pairs) / len(pairs)
+            r = sum(p[1] for p in pairs) / len(pairs)
+            scores.append(100 * s / (s + r) if s + r > 0 else 50.0)
+    if unparsed:
+        log(f"[judge] {unparsed} of {len(replies)} judge replies could not be parsed; they are not scored")
+    return (sum(scores) / len(scores) if scores else float("nan")), unparsed, len(scores)
+
+
+def rouge_l(candidate, reference):
+    """ROUGE-L F1 on whitespace tokens (longest common subsequence)."""
+    c, r = candidate.split(), reference.split()
+    if not c or not r:
+        return 0.0
+    prev = [0] * (len(r) + 1)
+    for x in c:
+        cur = [0]
+        for j, y in enumerate(r):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, rec = lcs / len(c), lcs / len(r)
+    return 2 * p * rec / (p + rec)
+
+
+def ngram_overlap(candidate, reference, n):
+    """Clipped n-gram precision of the candidate against the reference (BLEU's modified precision)."""
+    from collections import Counter
+    grams = lambda ws: Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
+    c, r = grams(candidate.split()), grams(reference.split())
+    total = sum(c.values())
+    return sum(min(v, r[g]) for g, v in c.items()) / total if total else 0.0
+
+
+def evaluate_real(run_dir, test_data, judge_spec=None, judge_base_url=None, temperature=0.0, max_new_tokens=512,
+                  limit=0, concurrency=8, gen_batch_size=16, log=print):
+    """Real models: answer the test prompts with every checkpoint of the run; judge and diagnose them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import data as DATA
+    import teacher as T
+    recs = DATA.load_records(test_data)
+    recs = recs[:limit] if limit else recs
+    questions = [r["messages"] for r in recs]
+    refs = [r["teacher_response"] for r in recs]
+    judge = T.make_teacher(judge_spec, base_url=judge_base_url, temperature=0.0, max_tokens=1024, log=log) \
+        if judge_spec else None
+    cache = T.TeacherCache(os.path.join(run_dir, "judge_cache.jsonl"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    answers = {}
+    for name in MODELS:
+        path = checkpoint(run_dir, name)
+        if path is not None:
+            tok = AutoTokenizer.from_pretrained(path)
+            tok.pad_token = tok.pad_token or tok.eos_token
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device)
+            torch.manual_seed(0)
+            answers[name] = student_responses(model, tok, questions, 1, temperature, max_new_tokens, gen_batch_size)
+            del model
+    if all(r is not None for r in refs):
+        answers["teacher"] = (refs, 1.0)
+    results = {}
+    for name, (texts, fin) in answers.items():
+        m = {"length": statistics.mean(len(t.split()) for t in texts), "distinct_2": world.distinct_n(texts, 2),
+             "finished": fin}
+        if name != "teacher" and all(r is not None for r in refs):
+            m["rouge_l"] = statistics.mean(rouge_l(t, r) for t, r in zip(texts, refs))
+            for n in range(1, 5):
+                m[f"ngram_{n}"] = statistics.mean(ngram_overlap(t, r, n) for t, r in zip(texts, refs))
+        if judge is not None:
+            m["judge_score"], m["judge_unparsed"], m["judged"] = judge_scores(questions, texts, judge, cache,
+                                                                               concurrency, log)
+        results[name] = m
+    results["_config"] = {"test_data": test_data, "prompts": len(questions), "temperature": temperature,
+                          "judge": judge.name if judge else None}
+    write_json(os.path.join(run_dir, "eval.json"), results)
+    cols = [c for c in ("judge_score", "judge_unparsed", "rouge_l", "ngram_1", "ngram_4", "length", "distinct_2")
+            if any(c in m for m in results.values() if isinstance(m, dict))]
+    log(f"{'model':<10}" + "".join(f"{c:>15}" for c in cols))
+    for name, m in results.items():
+        if not name.startswith("_"):
+            log(f"{name:<10}" + "".join(f"{m[c]:>15.3f}" if c in m else f"{'-':>15}" for c in cols))
+    return results
+
+
 def summarize(run_dirs, keys=("fidelity", "relevance", "length", "distinct_2", "modes", "ood_fidelity",
                                  "ood_relevance")):
     """Markdown table of mean +- std (population) over several runs' eval.json."""
-    import statistics
     evals = [json.load(open(os.path.join(d, "eval.json"))) for d in run_dirs]
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name in MODELS + ["teacher"]:
@@ -133,9 +285,16 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dirs", nargs="+", help="run folder(s) written by train_gad.py (before/, gad/, seqkd/ ...)")
     ap.add_argument("--summary", action="store_true", help="only aggregate the runs' existing eval.json files")
-    ap.add_argument("--samples", type=int, default=4, help="samples per prompt")
-    ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0 = greedy)")
-    ap.add_argument("--max-new-tokens", type=int, default=40, help="response length limit in tokens")
+    ap.add_argument("--test-data", default="", help="real models: JSONL/parquet of test prompts (content or prompt "
+                    "column; teacher_response enables the overlap diagnostics)")
+    ap.add_argument("--judge", default="", help="real models: the judge, openai:MODEL (key from $OPENAI_API_KEY)")
+    ap.add_argument("--judge-base-url", default="", help="base URL of the judge's OpenAI-compatible endpoint")
+    ap.add_argument("--judge-concurrency", type=int, default=8, help="judge requests in flight at once")
+    ap.add_argument("--limit", type=int, default=0, help="real models: only the first N test prompts (0 = all)")
+    ap.add_argument("--samples", type=int, default=4, help="embedded world: samples per prompt")
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="sampling temperature; 0 = greedy (default: 0.8 embedded world, 0 real models)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="answer limit (default: 40 embedded, 512 real)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     a = ap.parse_args()
     for d in a.run_dirs:
@@ -145,6 +304,16 @@ if __name__ == "__main__":
             sys.exit(f"eval.py: {os.path.join(d, 'eval.json')} not found (run eval.py {d} first)")
     if a.summary:
         print(summarize(a.run_dirs))
+    elif a.test_data:
+        import data as DATA
+        import teacher as T
+        try:
+            for d in a.run_dirs:
+                evaluate_real(d, a.test_data, a.judge or None, a.judge_base_url or None,
+                              0.0 if a.temperature is None else a.temperature, a.max_new_tokens or 512, a.limit,
+                              a.judge_concurrency)
+        except (DATA.DataError, T.TeacherError) as e:
+            sys.exit(f"eval.py: {e}")
     else:
         for d in a.run_dirs:
-            evaluate(d, a.samples, a.temperature, a.max_new_tokens, a.seed)
+            evaluate(d, a.samples, 0.8 if a.temperature is None else a.temperature, a.max_new_tokens or 40, a.seed)

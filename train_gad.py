@@ -21,6 +21,7 @@ What is simplified relative to the paper (see README "Simplifications"):
   - SeqKD trains for a fixed number of steps (the paper keeps the best of 3 epochs)
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -41,8 +42,24 @@ CONFIG = {  # name: (default, meaning)
     "out_dir": ("runs/default", "everything of the run goes here"),
     "mode": ("all", "all = GAD + SeqKD + eval; gad = GAD + eval; seqkd = SeqKD baseline + eval"),
     "seed": (0, "seed for data order, sampling, initialisation and the teacher's randomness"),
-    "student": ("embedded", "'embedded' = pretrain the embedded world's student here; else a local HF folder"),
+    "student": ("embedded", "'embedded' = pretrain the embedded world's student here; else any HF causal LM "
+                "(hub name or local folder)"),
     "pretrain_steps": (800, "embedded student: pretraining steps on the broad corpus (batch 64)"),
+    "teacher": ("embedded", "embedded | openai:MODEL (any OpenAI-compatible endpoint) | hf:PATH (a local model)"),
+    "teacher_base_url": ("", "base URL of the OpenAI-compatible endpoint; the key comes from $OPENAI_API_KEY"),
+    "teacher_system_prompt": ("", "a system prompt only the teacher sees (context distillation)"),
+    "teacher_temperature": (1.0, "teacher sampling temperature"),
+    "teacher_max_tokens": (1024, "teacher response limit in tokens"),
+    "teacher_concurrency": (8, "teacher requests in flight at once"),
+    "prompts": ("", "JSONL/parquet of prompts (column content = chat messages, or prompt = string) to send to "
+                "--teacher; default: the embedded world's training prompts"),
+    "teacher_data": ("", "JSONL/parquet with responses already collected (columns content/prompt + "
+                     "teacher_response, the paper's format); no teacher is called"),
+    "max_prompt_len": (1024, "a prompt longer than this many tokens is skipped (and counted in the log)"),
+    "gen_batch_size": (64, "sequences sampled at once (chunks keep generation memory flat)"),
+    "gradient_checkpointing": (False, "trade compute for memory in G and D (flag)"),
+    "trust_remote_code": (False, "allow model code from the checkpoint to run (flag; off unless you ask)"),
+    "init_from": ("", "start stage 2 from a warmup folder of an earlier run (runs/x/warmup): skip stage 1"),
     "batch_prompts": (16, "prompts per step (paper: 256); 88 steps = 1 epoch of the 1408 train prompts"),
     "n_samples": (8, "student samples per prompt, the GRPO group size n (paper: 8)"),
     "temperature": (0.8, "sampling temperature; training log-probs use logits / temperature (paper: 0.8)"),
@@ -70,8 +87,11 @@ CONFIG = {  # name: (default, meaning)
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, (default, meaning) in CONFIG.items():
-        ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                        help=f"{meaning} (default: {default})")
+        if isinstance(default, bool):
+            ap.add_argument("--" + name.replace("_", "-"), action="store_true", help=meaning)
+        else:
+            ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                            help=f"{meaning} (default: {default!r})")
     cfg = ap.parse_args(argv)
     if cfg.seqkd_steps < 0:
         cfg.seqkd_steps = cfg.warmup_steps + cfg.gad_steps
@@ -84,6 +104,17 @@ def parse_args(argv=None):
     for lr in ("lr_warmup", "lr_gad", "lr_d", "lr_seqkd"):
         if getattr(cfg, lr) < 0:
             ap.error(f"--{lr.replace('_', '-')} must be >= 0, got {getattr(cfg, lr)}")
+    for name in ("batch_prompts", "max_response_len", "max_prompt_len", "gen_batch_size", "teacher_concurrency"):
+        if getattr(cfg, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.temperature <= 0:
+        ap.error(f"--temperature must be > 0 for on-policy sampling, got {cfg.temperature}")
+    if cfg.prompts and cfg.teacher_data:
+        ap.error("give --prompts (to send to a teacher) or --teacher-data (already answered), not both")
+    if cfg.init_from:
+        if not os.path.isdir(os.path.join(cfg.init_from, "generator")):
+            ap.error(f"--init-from: {cfg.init_from}/generator not found (expected a run's warmup folder)")
+        cfg.warmup_steps = 0
     return cfg
 
 
@@ -93,18 +124,30 @@ class Data:
 
     def __init__(self, tokenizer, prompts, teacher_texts, cfg, log):
         self.prompts, self.prompt_ids, self.teacher_ids, self.teacher_texts = [], [], [], []
-        skipped = 0
+        skipped = {"empty teacher response": 0, f"teacher response > {cfg.max_response_len} tokens": 0,
+                   f"prompt > {cfg.max_prompt_len} tokens": 0}
+        keys = list(skipped)
         for messages, text in zip(prompts, teacher_texts):
+            if not text or not text.strip():  # an empty or missing answer teaches nothing
+                skipped[keys[0]] += 1
+                continue
             r = G.response_ids(tokenizer, text)
             if len(r) > cfg.max_response_len:  # would lose its EOS: skip, keeping the EOS symmetry
-                skipped += 1
+                skipped[keys[1]] += 1
+                continue
+            p = G.prompt_ids(tokenizer, messages)
+            if len(p) > cfg.max_prompt_len:
+                skipped[keys[2]] += 1
                 continue
             self.prompts.append(messages)
-            self.prompt_ids.append(G.prompt_ids(tokenizer, messages))
+            self.prompt_ids.append(p)
             self.teacher_ids.append(r)
             self.teacher_texts.append(text)
-        if skipped:
-            log(f"[data] skipped {skipped} teacher responses longer than max_response_len={cfg.max_response_len}")
+        for why, count in skipped.items():
+            if count:
+                log(f"[data] skipped {count} of {len(prompts)} examples: {why}")
+        if not self.prompt_ids:
+            raise SystemExit("train_gad.py: no usable training examples left (see the [data] lines above)")
         self.rng, self.order, self.batch = random.Random(cfg.seed), [], cfg.batch_prompts
 
     def next(self):
@@ -163,6 +206,11 @@ def g_step(gen, ref, opt, s_batch, advantages, cfg, device):
     return metrics
 
 
+def amp(device):
+    """bf16 autocast on GPU (weights and optimiser stay fp32); plain fp32 on CPU."""
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+
+
 def adamw(model, lr, cfg):
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
 
@@ -182,26 +230,33 @@ def train_gad(gen, disc, tok, data, cfg, device, logger):
             g_opt = adamw(gen, cfg.lr_gad, cfg)  # D keeps its optimiser state across the hand-off
         t0 = time.time()
         idx = data.next()
-        # 1. sample n responses per prompt from the current G
-        samples = G.sample(gen, tok, [data.prompt_ids[i] for i in idx], cfg.n_samples, cfg.temperature,
-                           cfg.max_response_len)
-        t_batch = teacher_batch(data, idx, tok.pad_token_id)
-        s_batch = student_batch(data, idx, samples, cfg.n_samples, tok.pad_token_id)
-        # 2.+3. D scores the samples with its pre-update weights (= rewards), then takes one BT step
-        rewards, m = d_step(disc, d_opt, t_batch, s_batch, cfg, device)                # [B*n]
-        if stage == "warmup":
-            if step >= cfg.d_only_steps:
-                m.update(sft_step(gen, g_opt, t_batch, cfg, device))
-        else:
-            # 4. group-normalised advantages -> one GRPO step of G
-            advantages = G.group_advantages(rewards, cfg.n_samples)                    # [B*n]
-            m.update(g_step(gen, ref, g_opt, s_batch, advantages, cfg, device))
-            m.update(reward_mean=rewards.mean().item(), reward_std=rewards.std().item(),
-                     reward_group_std=rewards.view(-1, cfg.n_samples).std(-1).mean().item())
-        m.update(sample_metrics(samples, tok.eos_token_id))
-        logger.step(stage, step, m, time.time() - t0, data, idx, samples, tok)
+        with amp(device):
+            m = gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device)
+        logger.step(stage, step, m, time.time() - t0, data, idx, m.pop("_samples"), tok)
     save(gen, os.path.join(cfg.out_dir, "gad", "generator"), tok)
     save(disc, os.path.join(cfg.out_dir, "gad", "discriminator"), tok)
+
+
+def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device):
+    """One step of stage 1 (warmup) or stage 2 (GAD), in the paper's order."""
+    # 1. sample n responses per prompt from the current G
+    samples = G.sample(gen, tok, [data.prompt_ids[i] for i in idx], cfg.n_samples, cfg.temperature,
+                       cfg.max_response_len, cfg.gen_batch_size)
+    t_batch = teacher_batch(data, idx, tok.pad_token_id)
+    s_batch = student_batch(data, idx, samples, cfg.n_samples, tok.pad_token_id)
+    # 2.+3. D scores the samples with its pre-update weights (= rewards), then takes one BT step
+    rewards, m = d_step(disc, d_opt, t_batch, s_batch, cfg, device)                # [B*n]
+    if stage == "warmup":
+        if step >= cfg.d_only_steps:
+            m.update(sft_step(gen, g_opt, t_batch, cfg, device))
+    else:
+        # 4. group-normalised advantages -> one GRPO step of G
+        advantages = G.group_advantages(rewards, cfg.n_samples)                    # [B*n]
+        m.update(g_step(gen, ref, g_opt, s_batch, advantages, cfg, device))
+        m.update(reward_mean=rewards.mean().item(), reward_std=rewards.std().item(),
+                 reward_group_std=rewards.view(-1, cfg.n_samples).std(-1).mean().item())
+    m.update(sample_metrics(samples, tok.eos_token_id))
+    return {**m, "_samples": samples}
 
 
 def train_seqkd(gen, tok, data, cfg, device, logger):
@@ -210,7 +265,8 @@ def train_seqkd(gen, tok, data, cfg, device, logger):
     for step in tqdm(range(cfg.seqkd_steps), desc="SeqKD", disable=None):
         t0 = time.time()
         idx = data.next()
-        m = sft_step(gen, opt, teacher_batch(data, idx, tok.pad_token_id), cfg, device)
+        with amp(device):
+            m = sft_step(gen, opt, teacher_batch(data, idx, tok.pad_token_id), cfg, device)
         logger.step("seqkd", step, m, time.time() - t0, data, idx, None, tok)
     save(gen, os.path.join(cfg.out_dir, "seqkd", "generator"), tok)
 
@@ -268,9 +324,9 @@ def reset_metrics(cfg, stages):
 
 # ---------------------------------------------------------------------------- main
 def start_student(cfg, log):
-    """The starting student's folder (model + tokenizer): embedded world pretrained here, or a given path."""
+    """The starting student's folder or hub name: the embedded world's (pretrained here), or --student."""
     if cfg.student != "embedded":
-        if not os.path.isdir(cfg.student):
+        if not os.path.isdir(cfg.student) and (cfg.student.startswith((".", "/")) or cfg.student.count("/") != 1):
             raise SystemExit(f"train_gad.py: --student: model folder not found: {cfg.student}")
         return cfg.student
     path = os.path.join(cfg.out_dir, "before", "generator")
@@ -289,8 +345,54 @@ def start_student(cfg, log):
     return path
 
 
+def load_tokenizer(path, cfg):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if tok.chat_template is None:
+        raise SystemExit(f"train_gad.py: the tokenizer of {path} has no chat template; use an instruct/chat "
+                         "model or add a chat_template to its tokenizer_config.json")
+    if tok.pad_token_id is None:  # masks come from lengths, so padding with EOS is safe here
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_models(path, cfg, device, with_discriminator):
+    """G (and D from the same checkpoint, with a fresh head unless one is saved there)."""
+    from transformers import AutoModelForCausalLM
+    # fp32 master weights everywhere (bf16 weights would round away 1e-6-sized updates); bf16 autocast on GPU
+    kw = dict(dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    gen = AutoModelForCausalLM.from_pretrained(path, **kw).to(device)
+    disc = D.Discriminator.from_pretrained(path, **kw).to(device) if with_discriminator else None
+    if cfg.gradient_checkpointing:
+        for m in (gen, disc.backbone if disc else None):
+            if m is not None:
+                m.gradient_checkpointing_enable()
+    return gen, disc
+
+
+def training_pairs(cfg, log):
+    """(prompts, teacher texts) -- stage 0: from --teacher-data, or by asking the teacher (cached)."""
+    import data as DATA
+    if cfg.teacher_data:
+        recs = DATA.load_records(cfg.teacher_data, need_response=True)
+        log(f"[teacher] {len(recs)} pre-collected responses from {cfg.teacher_data}; no teacher calls")
+        return [r["messages"] for r in recs], [r["teacher_response"] for r in recs]
+    prompts = [r["messages"] for r in DATA.load_records(cfg.prompts)] if cfg.prompts else world.prompts("train")
+    teacher = T.make_teacher(cfg.teacher, seed=cfg.seed, base_url=cfg.teacher_base_url or None,
+                             system_prompt=cfg.teacher_system_prompt or None, temperature=cfg.teacher_temperature,
+                             max_tokens=cfg.teacher_max_tokens, trust_remote_code=cfg.trust_remote_code, log=log)
+    cache = T.TeacherCache(os.path.join(cfg.out_dir, "teacher_cache.jsonl"))
+    if cache.torn_lines:
+        log(f"[teacher] skipped {cache.torn_lines} torn line(s) in the cache (an interrupted write)")
+    responses, calls = T.collect(teacher, prompts, cache, n=1, concurrency=cfg.teacher_concurrency, log=log)
+    retries = getattr(teacher, "retries", 0)
+    log(f"[teacher] {len(prompts)} prompts: {calls} teacher calls, {len(prompts) - calls} from the cache"
+        + (f", {retries} retries" if retries else ""))
+    return prompts, [r[0] for r in responses]
+
+
 def main(argv=None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import data as DATA
     cfg = parse_args(argv)
     os.makedirs(cfg.out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -299,33 +401,38 @@ def main(argv=None):
     t_start = time.time()
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(vars(cfg), f, indent=2)
-    student_path = start_student(cfg, log)
-    tok = AutoTokenizer.from_pretrained(student_path)
-
-    # Stage 0: teacher responses for the training prompts (from the cache when already collected)
-    prompts = world.prompts("train")
-    teacher = T.EmbeddedTeacher(seed=cfg.seed)
-    cache = T.TeacherCache(os.path.join(cfg.out_dir, "teacher_cache.jsonl"))
-    responses, calls = T.collect(teacher, prompts, cache, n=1)
-    log(f"[teacher] {len(prompts)} prompts, {calls} teacher calls, {len(prompts) - calls} from cache")
+    student_path = start_student(cfg, log)  # check the student first: fail before paying for teacher calls
+    try:
+        tok = load_tokenizer(student_path, cfg)
+    except OSError as e:
+        raise SystemExit(f"train_gad.py: --student {cfg.student}: cannot load: {str(e).splitlines()[0]}")
+    try:
+        prompts, teacher_texts = training_pairs(cfg, log)
+    except (DATA.DataError, T.TeacherError) as e:
+        raise SystemExit(f"train_gad.py: {e}")
     logger = Logger(cfg)
     reset_metrics(cfg, {"all": {"warmup", "gad", "seqkd"}, "gad": {"warmup", "gad"}, "seqkd": {"seqkd"}}[cfg.mode])
 
     if cfg.mode in ("all", "gad"):
         torch.manual_seed(cfg.seed)
-        data = Data(tok, prompts, [r[0] for r in responses], cfg, log)
-        gen = AutoModelForCausalLM.from_pretrained(student_path).to(device)
-        disc = D.Discriminator.from_pretrained(student_path).to(device)
+        data = Data(tok, prompts, teacher_texts, cfg, log)
+        gen, _ = load_models(os.path.join(cfg.init_from, "generator") if cfg.init_from else student_path,
+                             cfg, device, with_discriminator=False)
+        _, disc = load_models(os.path.join(cfg.init_from, "discriminator") if cfg.init_from else student_path,
+                              cfg, device, with_discriminator=True)
         train_gad(gen, disc, tok, data, cfg, device, logger)
     if cfg.mode in ("all", "seqkd"):
         torch.manual_seed(cfg.seed)
-        data = Data(tok, prompts, [r[0] for r in responses], cfg, log)
-        gen = AutoModelForCausalLM.from_pretrained(student_path).to(device)
+        data = Data(tok, prompts, teacher_texts, cfg, log)
+        gen, _ = load_models(student_path, cfg, device, with_discriminator=False)
         train_seqkd(gen, tok, data, cfg, device, logger)
 
-    import eval as E
-    E.evaluate(cfg.out_dir, cfg.eval_samples, cfg.eval_temperature, cfg.max_response_len, cfg.seed, log=log)
-    log(f"[done] {time.time() - t_start:.0f} s; results in {os.path.join(cfg.out_dir, 'eval.json')}")
+    if cfg.student == "embedded" and cfg.teacher == "embedded" and not (cfg.prompts or cfg.teacher_data):
+        import eval as E
+        E.evaluate(cfg.out_dir, cfg.eval_samples, cfg.eval_temperature, cfg.max_response_len, cfg.seed, log=log)
+    else:
+        log(f"[eval] judge this run with: python eval.py {cfg.out_dir} --test-data TEST.jsonl --judge openai:MODEL")
+    log(f"[done] {time.time() - t_start:.0f} s; everything is in {cfg.out_dir}")
 
 
 if __name__ == "__main__":

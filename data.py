@@ -1,0 +1,91 @@
+"""Prompt / teacher-response files in the paper's format, read with `datasets`, checked row by row.
+
+Accepted files: .jsonl / .json (one object per line) or .parquet. Columns:
+  content           list of {"role", "content"} chat messages (the paper's released data), or
+  prompt            a plain string (becomes one user message)
+  teacher_response  the teacher's answer (string); optional for a prompts-only file
+                    (`response` is accepted as an alias)
+
+Every problem is reported as one line naming the file, the row (1-based line for JSONL) and the field.
+"""
+import json
+import os
+
+ROLES = {"system", "user", "assistant"}
+
+
+class DataError(ValueError):
+    pass
+
+
+def _rows(path):
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".jsonl", ".json"):
+        # Parse ourselves first so a malformed line is reported with its line number.
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield i, json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}: line {i}: malformed JSON ({e.msg})") from None
+    elif ext == ".parquet":
+        from datasets import load_dataset
+        ds = load_dataset("parquet", data_files=path, split="train")
+        for i, row in enumerate(ds, 1):
+            yield i, row
+    else:
+        raise DataError(f"{path}: unsupported file type {ext!r} (expected .jsonl, .json or .parquet)")
+
+
+def _messages(path, i, row):
+    where = f"{path}: row {i}"
+    if row.get("content") is not None:
+        msgs = row["content"]
+        if isinstance(msgs, str):
+            raise DataError(f"{where}: field 'content': expected a list of chat messages, got a string "
+                            "(use the 'prompt' column for plain strings)")
+        if not isinstance(msgs, (list, tuple)) or not msgs:
+            raise DataError(f"{where}: field 'content': expected a non-empty list of chat messages")
+        out = []
+        for j, m in enumerate(msgs):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise DataError(f"{where}: field 'content'[{j}]: expected {{'role', 'content'}}")
+            if m["role"] not in ROLES:
+                raise DataError(f"{where}: field 'content'[{j}].role: unknown role {m['role']!r} "
+                                f"(expected one of {sorted(ROLES)})")
+            if not isinstance(m["content"], str):
+                raise DataError(f"{where}: field 'content'[{j}].content: expected a string")
+            out.append({"role": m["role"], "content": m["content"]})
+        if out[-1]["role"] != "user":
+            raise DataError(f"{where}: field 'content': the last message must be from the user")
+        if not out[-1]["content"].strip():
+            raise DataError(f"{where}: field 'content': empty prompt")
+        return out
+    if row.get("prompt") is not None:
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise DataError(f"{where}: field 'prompt': empty prompt")
+        return [{"role": "user", "content": row["prompt"]}]
+    raise DataError(f"{where}: missing field 'content' (chat messages) or 'prompt' (string); "
+                    f"found fields {sorted(row)}")
+
+
+def load_records(path, need_response=False):
+    """-> list of {"messages": [...], "teacher_response": str or None}. Raises DataError on bad input."""
+    out = []
+    for i, row in _rows(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {i}: expected a JSON object")
+        rec = {"messages": _messages(path, i, row), "teacher_response": None}
+        resp = row.get("teacher_response", row.get("response"))
+        if resp is not None and not isinstance(resp, str):
+            raise DataError(f"{path}: row {i}: field 'teacher_response': expected a string")
+        if need_response and resp is None:
+            raise DataError(f"{path}: row {i}: missing field 'teacher_response'")
+        rec["teacher_response"] = resp
+        out.append(rec)
+    if not out:
+        raise DataError(f"{path}: no rows")
+    return out

@@ -51,7 +51,8 @@ def test_api_teacher_run_then_gad_from_warmup_then_judge(tiny_dir, tmp_path, mon
                                                    for m in world.prompts("train")[:6]])
     out2 = str(tmp_path / "run2")
     train_gad.main(["--student", tiny_dir, "--teacher-data", pairs, "--out-dir", out2, "--mode", "gad",
-                    "--init-from", os.path.join(out, "warmup"), *FAST])
+                    "--init-from", os.path.join(out, "warmup"), "--gradient-checkpointing", "--gen-batch-size", "2",
+                    *FAST])
     recs = [json.loads(line) for line in open(os.path.join(out2, "metrics.jsonl"))]
     assert [r["stage"] for r in recs] == ["gad"] * 2
     assert recs[0]["kl"] == pytest.approx(0.0, abs=1e-6)   # the KL reference is the loaded warmup G itself

@@ -40,11 +40,11 @@ def convert(out_dir=DEFAULT_OUT, log=print):
     folder, name = gguf_path()
     path = os.path.join(folder, name)
     log(f"[smollm] reading {path}")
-    ckpt = load_gguf_checkpoint(path, return_tensors=True)
-    config = LlamaConfig(**ckpt["config"])
+    config = LlamaConfig(**load_gguf_checkpoint(path, return_tensors=False)["config"])
     config.tie_word_embeddings = True
     model = LlamaForCausalLM(config)
-    missing, unexpected = model.load_state_dict(ckpt["tensors"], strict=False)
+    tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]  # dequantised
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
     if missing or unexpected:
         raise SystemExit(f"smollm.py: weights do not match the model: missing {missing[:5]}, unexpected "

@@ -365,8 +365,8 @@ def load_models(path, cfg, device, with_discriminator):
     disc = D.Discriminator.from_pretrained(path, **kw).to(device) if with_discriminator else None
     if cfg.gradient_checkpointing:
         for m in (gen, disc.backbone if disc else None):
-            if m is not None:
-                m.gradient_checkpointing_enable()
+            if m is not None:  # transformers 5 renamed it; older releases have only the first name
+                getattr(m, "activation_checkpointing_enable", m.gradient_checkpointing_enable)()
     return gen, disc
 
 

@@ -58,19 +58,20 @@ def bt_loss(teacher_scores, student_scores, n):
     """Bradley-Terry loss (paper Eq. 3) and D's health metrics.
 
     teacher_scores [B], student_scores [B*n] grouped by prompt."""
-    t = teacher_scores.repeat_interleave(n)                                              # [B*n]
-    gap = t - student_scores                                                             # [B*n]
+    gap = teacher_scores.repeat_interleave(n) - student_scores                           # [B*n]
     loss = -F.logsigmoid(gap).mean()
-    return loss, {"d_loss": loss.item(), "d_acc": (gap > 0).float().mean().item(),
-                  "d_teacher_score": teacher_scores.mean().item(),
-                  "d_student_score": student_scores.mean().item(), "d_gap": gap.mean().item()}
+    return loss, pair_metrics(loss, teacher_scores, student_scores, gap)
 
 
 def bce_loss(teacher_scores, student_scores, n):
     """The binary-cross-entropy alternative (paper Table 4): -log s(D(y_t)) - log(1 - s(D(y_s)))."""
     loss = -F.logsigmoid(teacher_scores).mean() - F.logsigmoid(-student_scores).mean()
-    t = teacher_scores.repeat_interleave(n)
-    return loss, {"d_loss": loss.item(), "d_acc": (t > student_scores).float().mean().item(),
-                  "d_teacher_score": teacher_scores.mean().item(),
-                  "d_student_score": student_scores.mean().item(),
-                  "d_gap": (t - student_scores).mean().item()}
+    gap = teacher_scores.repeat_interleave(n) - student_scores                           # [B*n]
+    return loss, pair_metrics(loss, teacher_scores, student_scores, gap)
+
+
+def pair_metrics(loss, teacher_scores, student_scores, gap):
+    """d_acc = fraction of (teacher, sample) pairs ranked correctly; mean scores and mean gap."""
+    return {"d_loss": loss.item(), "d_acc": (gap > 0).float().mean().item(),
+            "d_teacher_score": teacher_scores.mean().item(), "d_student_score": student_scores.mean().item(),
+            "d_gap": gap.mean().item()}

@@ -68,3 +68,17 @@ def test_discriminator_save_and_reload(tiny_dir, tok, tmp_path):
     batch = G.pack([G.prompt_ids(tok, world.prompts("train")[0])], [G.response_ids(tok, "x")], tok.pad_token_id)
     with torch.no_grad():
         assert torch.allclose(disc(batch), again(batch), atol=1e-6)
+
+
+def test_padding_invariance_with_absolute_positions(tok, tmp_path):
+    """GPT-2 has absolute position embeddings, so this also checks the position ids under left padding."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4)).save_pretrained(tmp_path)
+    disc = D.Discriminator.from_pretrained(str(tmp_path)).eval()
+    prompts = [G.prompt_ids(tok, m) for m in world.prompts("train")[:2]]
+    responses = [G.response_ids(tok, t) for t in ["cats are furry .", "i think"]]
+    with torch.no_grad():
+        alone = torch.stack([disc(G.pack([p], [r], tok.pad_token_id))[0] for p, r in zip(prompts, responses)])
+        left = disc(G.pack(prompts, responses, tok.pad_token_id, left_pad=True))
+    assert torch.allclose(alone, left, atol=1e-5)

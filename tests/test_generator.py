@@ -14,24 +14,34 @@ def hf_logprobs(model, ids):
     return F.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
 
 
+@pytest.fixture(scope="module")
+def tiny_gpt2(tok):
+    """Absolute position embeddings: unlike RoPE, a wrong position id under left padding changes the output."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128)).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("left_pad", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.8])
-def test_logprob_parity_with_hf_forward(tiny_lm, tok, left_pad, temperature):
+def test_logprob_parity_with_hf_forward(tiny_lm, tiny_gpt2, tok, arch, left_pad, temperature):
+    model = {"llama": tiny_lm, "gpt2": tiny_gpt2}[arch]
     msgs = world.prompts("train")
     prompts = [G.prompt_ids(tok, m) for m in msgs[:3]]
     responses = [G.response_ids(tok, t) for t in ["cats are furry .", "i think dogs are wild and quick !", "ok"]]
     batch = G.pack(prompts, responses, tok.pad_token_id, left_pad=left_pad)
     with torch.no_grad():
-        logp = G.token_logprobs(tiny_lm, batch, temperature)
+        logp = G.token_logprobs(model, batch, temperature)
     for i, (p, r) in enumerate(zip(prompts, responses)):
         ids = p + r
         with torch.no_grad():
-            logits = tiny_lm(input_ids=torch.tensor([ids])).logits[0, :-1].float() / temperature
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float() / temperature
         ref = F.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
         ours = logp[i][batch["response_mask"][i].bool()]
         assert torch.allclose(ours, ref[len(p) - 1:], atol=1e-5), (left_pad, i)
     if temperature == 1.0:
-        assert torch.allclose(hf_logprobs(tiny_lm, prompts[0] + responses[0])[len(prompts[0]) - 1:],
+        assert torch.allclose(hf_logprobs(model, prompts[0] + responses[0])[len(prompts[0]) - 1:],
                               logp[0][batch["response_mask"][0].bool()], atol=1e-5)
 
 

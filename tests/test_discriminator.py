@@ -77,7 +77,7 @@ def test_padding_invariance_with_absolute_positions(tok, tmp_path):
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4)).save_pretrained(tmp_path)
     disc = D.Discriminator.from_pretrained(str(tmp_path)).eval()
     prompts = [G.prompt_ids(tok, m) for m in world.prompts("train")[:2]]
-    responses = [G.response_ids(tok, t) for t in ["cats are furry .", "i think"]]
+    responses = [G.response_ids(tok, t) for t in ["cats are furry . people watch them every day .", "i"]]
     with torch.no_grad():
         alone = torch.stack([disc(G.pack([p], [r], tok.pad_token_id))[0] for p, r in zip(prompts, responses)])
         left = disc(G.pack(prompts, responses, tok.pad_token_id, left_pad=True))

@@ -5,19 +5,23 @@
 
 It answers POST /v1/chat/completions (with `n`) from any `respond(messages, n) -> list[str]`, so a
 training run talks to it through the real `openai` client exactly as to a hosted API. For tests it can
-inject failures: a scripted list of HTTP statuses, or a random fraction of 429 (with Retry-After) / 500.
+inject failures: a scripted list, or a random fraction of: 429 (with Retry-After), 500, a timeout (no answer
+for `hang` seconds), truncated JSON, an empty answer; and "quota" (429 insufficient_quota), "refuse".
 It only ever binds 127.0.0.1.
 """
 import argparse
 import json
 import random
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class TeacherServer:
-    def __init__(self, respond, fail_script=(), fail_rate=0.0, seed=0, api_key=None, port=0):
-        self.respond, self.fail_script, self.fail_rate = respond, list(fail_script), fail_rate
+    RANDOM_FAILURES = (429, 500, "timeout", "truncated", "empty")
+
+    def __init__(self, respond, fail_script=(), fail_rate=0.0, seed=0, api_key=None, port=0, hang=2.0):
+        self.respond, self.fail_script, self.fail_rate, self.hang = respond, list(fail_script), fail_rate, hang
         self.rng, self.api_key = random.Random(seed), api_key
         self.requests, self.served, self.lock = [], 0, threading.Lock()
         server = self
@@ -43,20 +47,36 @@ class TeacherServer:
                                             "auth": self.headers.get("Authorization")})
                     fail = server.fail_script.pop(0) if server.fail_script else None
                     if fail is None and server.fail_rate and server.rng.random() < server.fail_rate:
-                        fail = server.rng.choice([429, 500])
+                        fail = server.rng.choice(server.RANDOM_FAILURES)
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     return self._send(401, {"error": {"message": "invalid api key", "type": "auth"}})
                 if fail == 429:
                     return self._send(429, {"error": {"message": "rate limited"}}, [("Retry-After", "0.01")])
-                if fail is not None:
+                if fail == "quota":
+                    return self._send(429, {"error": {"message": "You exceeded your current quota",
+                                                      "code": "insufficient_quota"}})
+                if fail == "timeout":
+                    time.sleep(server.hang)
+                    return
+                if fail == "truncated":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"id": "x", "object": "chat.completion", "choi')
+                    self.close_connection = True
+                    return
+                if isinstance(fail, int):
                     return self._send(fail, {"error": {"message": f"injected {fail}"}})
                 if not self.path.endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
                 texts = server.respond(body["messages"], body.get("n", 1))
+                if fail == "empty":
+                    texts = [""] * len(texts)
+                reason = "content_filter" if fail == "refuse" else "stop"
                 with server.lock:
                     server.served += 1
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": i, "finish_reason": "stop",
+                                 "choices": [{"index": i, "finish_reason": reason,
                                               "message": {"role": "assistant", "content": t}}
                                              for i, t in enumerate(texts)],
                                  "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
@@ -75,8 +95,6 @@ class TeacherServer:
 
 
 if __name__ == "__main__":
-    import time
-
     import teacher as T
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="embedded", help="embedded, or hf:PATH (a local HF model folder)")

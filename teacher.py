@@ -158,12 +158,14 @@ class OpenAITeacher:
                 r = self.client.chat.completions.create(model=self.model, messages=messages, n=n,
                                                         temperature=self.params["temperature"],
                                                         max_tokens=self.params["max_tokens"])
-                texts = [c.message.content for c in r.choices]
-                if len(texts) == n and all(isinstance(t, str) for t in texts):
+                # a refusal (content filter) is recorded as None: kept in the cache, excluded from training
+                texts = [None if c.finish_reason == "content_filter" else c.message.content for c in r.choices]
+                if len(texts) == n and all(t is None or isinstance(t, str) for t in texts):
                     return texts
                 wait, why = self.backoff * 2 ** attempt, f"malformed reply ({len(texts)} of {n} choices)"
             except openai.APIStatusError as e:
-                if e.status_code not in self.RETRYABLE:
+                code = (e.body or {}).get("code") if isinstance(e.body, dict) else None
+                if e.status_code not in self.RETRYABLE or code == "insufficient_quota":  # quota: retrying won't help
                     raise TeacherError(_scrub(f"teacher {self.name}: HTTP {e.status_code}: {e.message}")) from None
                 wait, why = _retry_after(e.response) or self.backoff * 2 ** attempt, f"HTTP {e.status_code}"
             except (openai.APITimeoutError, openai.APIConnectionError, openai.APIResponseValidationError,
@@ -206,14 +208,14 @@ class HFTeacher:
         return [self.tok.decode(r, skip_special_tokens=True).strip() for r in ids]
 
 
-def make_teacher(spec, seed=0, base_url=None, system_prompt=None, temperature=1.0, max_tokens=1024,
+def make_teacher(spec, seed=0, base_url=None, system_prompt=None, temperature=1.0, max_tokens=1024, timeout=120.0,
                  trust_remote_code=False, log=print):
     """'embedded' | 'openai:MODEL' | 'hf:PATH' -> a teacher object."""
     if spec == "embedded":
         return EmbeddedTeacher(seed=seed)
     if spec.startswith("openai:") and len(spec) > 7:
         return OpenAITeacher(spec[7:], base_url=base_url, system_prompt=system_prompt, temperature=temperature,
-                             max_tokens=max_tokens, log=log)
+                             max_tokens=max_tokens, timeout=timeout, log=log)
     if spec.startswith("hf:") and len(spec) > 3:
         if not os.path.isdir(spec[3:]):
             raise TeacherError(f"--teacher {spec}: model folder not found: {spec[3:]}")

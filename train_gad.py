@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import os
 import random
 import shutil
@@ -32,6 +33,7 @@ import time
 import torch
 from tqdm import tqdm
 
+import checkpoint as C
 import discriminator as D
 import generator as G
 import teacher as T
@@ -51,6 +53,7 @@ CONFIG = {  # name: (default, meaning)
     "teacher_temperature": (1.0, "teacher sampling temperature"),
     "teacher_max_tokens": (1024, "teacher response limit in tokens"),
     "teacher_concurrency": (8, "teacher requests in flight at once"),
+    "teacher_timeout": (120.0, "seconds before a teacher request is abandoned and retried"),
     "prompts": ("", "JSONL/parquet of prompts (column content = chat messages, or prompt = string) to send to "
                 "--teacher; default: the embedded world's training prompts"),
     "teacher_data": ("", "JSONL/parquet with responses already collected (columns content/prompt + "
@@ -60,6 +63,9 @@ CONFIG = {  # name: (default, meaning)
     "gradient_checkpointing": (False, "trade compute for memory in G and D (flag)"),
     "trust_remote_code": (False, "allow model code from the checkpoint to run (flag; off unless you ask)"),
     "init_from": ("", "start stage 2 from a warmup folder of an earlier run (runs/x/warmup): skip stage 1"),
+    "save_every": (50, "write a resume point every this many steps (0 = never); see --resume"),
+    "resume": (False, "continue from the newest resume point in --out-dir (same flags as the killed run)"),
+    "max_bad_steps": (3, "stop after this many consecutive steps with a non-finite loss or gradient"),
     "batch_prompts": (16, "prompts per step (paper: 256); 88 steps = 1 epoch of the 1408 train prompts"),
     "n_samples": (8, "student samples per prompt, the GRPO group size n (paper: 8)"),
     "temperature": (0.8, "sampling temperature; training log-probs use logits / temperature (paper: 0.8)"),
@@ -169,24 +175,30 @@ def student_batch(data, idx, samples, n, pad_id):
 
 
 # ---------------------------------------------------------------------------- one update of each player
+def optimizer_step(loss, model, opt, cfg, name):
+    """Backward, clip, step -- unless the loss or the gradient is not finite: then the step is skipped."""
+    opt.zero_grad()
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if not (torch.isfinite(loss) and torch.isfinite(norm)):
+        opt.zero_grad()
+        return {f"{name}_grad_norm": None, f"{name}_skipped": 1}
+    opt.step()
+    return {f"{name}_grad_norm": norm.item()}
+
+
 def d_step(disc, opt, t_batch, s_batch, cfg, device):
     """One discriminator update. Returns D's scores of the student samples *before* the update."""
     t_scores, s_scores = disc(G.to(t_batch, device)), disc(G.to(s_batch, device))      # [B], [B*n]
     loss_fn = D.bt_loss if cfg.d_loss == "bt" else D.bce_loss
     loss, metrics = loss_fn(t_scores, s_scores, cfg.n_samples)
-    opt.zero_grad()
-    loss.backward()
-    metrics["d_grad_norm"] = torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.grad_clip).item()
-    opt.step()
+    metrics.update(optimizer_step(loss, disc, opt, cfg, "d"))
     return s_scores.detach(), metrics
 
 
 def sft_step(gen, opt, batch, cfg, device):
     loss, metrics = G.sft_loss(gen, G.to(batch, device))
-    opt.zero_grad()
-    loss.backward()
-    metrics["g_grad_norm"] = torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip).item()
-    opt.step()
+    metrics.update(optimizer_step(loss, gen, opt, cfg, "g"))
     return metrics
 
 
@@ -198,10 +210,7 @@ def g_step(gen, ref, opt, s_batch, advantages, cfg, device):
     with torch.no_grad():
         ref_logp = G.token_logprobs(ref, s_batch, cfg.temperature)                       # [B*n, L]
     loss, metrics = G.policy_loss(logp, logp.detach(), ref_logp, advantages, mask, cfg.clip_eps, cfg.kl_coef)
-    opt.zero_grad()
-    loss.backward()
-    metrics["g_grad_norm"] = torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip).item()
-    opt.step()
+    metrics.update(optimizer_step(loss, gen, opt, cfg, "g"))
     metrics["entropy"] = G.masked_mean(entropy, mask).item()
     return metrics
 
@@ -216,16 +225,26 @@ def adamw(model, lr, cfg):
 
 
 # ---------------------------------------------------------------------------- the loops
-def train_gad(gen, disc, tok, data, cfg, device, logger):
-    """Stage 1 (warmup) then stage 2 (GAD). Saves warmup/ and gad/ checkpoints."""
+def train_gad(gen, disc, tok, data, cfg, device, logger, resume=None):
+    """Stage 1 (warmup) then stage 2 (GAD). Saves warmup/ and gad/ checkpoints (and resume points)."""
     g_opt, d_opt = adamw(gen, cfg.lr_warmup, cfg), adamw(disc, cfg.lr_d, cfg)
-    ref = None
+    ref, start = None, 0
+    if resume:  # continue a killed run exactly where its last resume point was written
+        start = resume["next_step"]
+        g_state, d_state = C.restore_state(resume, data)
+        if start > cfg.warmup_steps:  # past the hand-off: rebuild the KL reference, GAD's G optimiser
+            ref = load_models(os.path.join(cfg.out_dir, "warmup", "generator"), cfg, device, False)[0]
+            ref = ref.eval().requires_grad_(False)
+            g_opt = adamw(gen, cfg.lr_gad, cfg)
+        g_opt.load_state_dict(g_state)
+        d_opt.load_state_dict(d_state)
     total = cfg.warmup_steps + cfg.gad_steps
-    for step in tqdm(range(total), desc="warmup+GAD", disable=None):
+    guard = BadStepGuard(cfg)
+    for step in tqdm(range(start, total), desc="warmup+GAD", initial=start, total=total, disable=None):
         stage = "warmup" if step < cfg.warmup_steps else "gad"
         if step == cfg.warmup_steps:  # hand-off: KL reference = the post-warmup student; new G optimiser
-            save(gen, os.path.join(cfg.out_dir, "warmup", "generator"), tok)
-            save(disc, os.path.join(cfg.out_dir, "warmup", "discriminator"), tok)
+            C.save_model(gen, os.path.join(cfg.out_dir, "warmup", "generator"), tok)
+            C.save_model(disc, os.path.join(cfg.out_dir, "warmup", "discriminator"), tok)
             ref = copy.deepcopy(gen).eval().requires_grad_(False)
             g_opt = adamw(gen, cfg.lr_gad, cfg)  # D keeps its optimiser state across the hand-off
         t0 = time.time()
@@ -233,8 +252,11 @@ def train_gad(gen, disc, tok, data, cfg, device, logger):
         with amp(device):
             m = gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device)
         logger.step(stage, step, m, time.time() - t0, data, idx, m.pop("_samples"), tok)
-    save(gen, os.path.join(cfg.out_dir, "gad", "generator"), tok)
-    save(disc, os.path.join(cfg.out_dir, "gad", "discriminator"), tok)
+        guard.check(m, stage, step)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+            C.save_resume(cfg.out_dir, "gad", step + 1, tok, data, gen, g_opt, disc, d_opt)
+    C.save_model(gen, os.path.join(cfg.out_dir, "gad", "generator"), tok)
+    C.save_model(disc, os.path.join(cfg.out_dir, "gad", "discriminator"), tok)
 
 
 def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device):
@@ -259,16 +281,41 @@ def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step
     return {**m, "_samples": samples}
 
 
-def train_seqkd(gen, tok, data, cfg, device, logger):
+def train_seqkd(gen, tok, data, cfg, device, logger, resume=None):
     """The baseline: SFT on teacher responses only, from the same starting student."""
-    opt = adamw(gen, cfg.lr_seqkd, cfg)
-    for step in tqdm(range(cfg.seqkd_steps), desc="SeqKD", disable=None):
+    opt, start = adamw(gen, cfg.lr_seqkd, cfg), 0
+    if resume:
+        start = resume["next_step"]
+        opt.load_state_dict(C.restore_state(resume, data)[0])
+    guard = BadStepGuard(cfg)
+    for step in tqdm(range(start, cfg.seqkd_steps), desc="SeqKD", initial=start, total=cfg.seqkd_steps, disable=None):
         t0 = time.time()
         idx = data.next()
         with amp(device):
             m = sft_step(gen, opt, teacher_batch(data, idx, tok.pad_token_id), cfg, device)
         logger.step("seqkd", step, m, time.time() - t0, data, idx, None, tok)
-    save(gen, os.path.join(cfg.out_dir, "seqkd", "generator"), tok)
+        guard.check(m, "seqkd", step)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.seqkd_steps:
+            C.save_resume(cfg.out_dir, "seqkd", step + 1, tok, data, gen, opt)
+    C.save_model(gen, os.path.join(cfg.out_dir, "seqkd", "generator"), tok)
+
+
+class BadStepGuard:
+    """Counts consecutive skipped (non-finite) steps; stops the run when there are too many."""
+
+    def __init__(self, cfg):
+        self.cfg, self.bad = cfg, 0
+
+    def check(self, metrics, stage, step):
+        if not any(k.endswith("_skipped") for k in metrics):
+            self.bad = 0
+            return
+        self.bad += 1
+        tqdm.write(f"[{stage} {step}] non-finite loss or gradient: update skipped ({self.bad} in a row)")
+        if self.bad >= self.cfg.max_bad_steps:
+            last = C.latest(self.cfg.out_dir)
+            raise SystemExit(f"train_gad.py: stopped at {stage} step {step} after {self.bad} consecutive non-finite "
+                             f"steps; last good resume point: {last['dir'] if last else 'none'}")
 
 
 def sample_metrics(samples, eos_id):
@@ -278,18 +325,6 @@ def sample_metrics(samples, eos_id):
 
 
 # ---------------------------------------------------------------------------- saving and logging
-def save(model, path, tok):
-    """save_pretrained into a temp folder, then rename: a crash never leaves a half-written checkpoint."""
-    tmp, old = path + ".tmp", path + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if os.path.exists(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 class Logger:
     """metrics.jsonl (one JSON object per step) + a concise line every log_every steps."""
 
@@ -297,26 +332,32 @@ class Logger:
         self.path, self.cfg = os.path.join(cfg.out_dir, "metrics.jsonl"), cfg
 
     def step(self, stage, step, metrics, seconds, data, idx, samples, tok):
-        rec = {"stage": stage, "step": step, **metrics, "seconds": round(seconds, 4)}
+        rec = {"stage": stage, "step": step, **{k: finite_or_none(v) for k, v in metrics.items()},
+               "seconds": round(seconds, 4)}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if step % self.cfg.log_every == 0:
             keys = ["d_loss", "d_acc", "d_gap", "sft_loss", "reward_mean", "reward_group_std", "kl",
                     "entropy", "response_length"]
-            tqdm.write(f"[{stage} {step:4d}] " + " ".join(f"{k} {rec[k]:.3f}" for k in keys if k in rec))
+            tqdm.write(f"[{stage} {step:4d}] " + " ".join(f"{k} {rec[k]:.3f}" for k in keys if rec.get(k) is not None))
         if samples is not None and step % self.cfg.sample_every == 0:
             tqdm.write(f"  prompt : {data.prompts[idx[0]][-1]['content']}\n"
                        f"  student: {tok.decode(samples[0], skip_special_tokens=True)}\n"
                        f"  teacher: {data.teacher_texts[idx[0]]}")
 
 
-def reset_metrics(cfg, stages):
-    """Drop the records of the stages this invocation will write again (temp file, then rename)."""
+def finite_or_none(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def reset_metrics(cfg, stages, from_step=0):
+    """Drop the records of `stages` from step `from_step` on: this invocation writes them again."""
     path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return
     with open(path) as f:
-        keep = [line for line in f if json.loads(line).get("stage") not in stages]
+        recs = [json.loads(line) for line in f if line.strip()]
+        keep = [json.dumps(r) + "\n" for r in recs if r.get("stage") not in stages or r["step"] < from_step]
     with open(path + ".tmp", "w") as f:
         f.writelines(keep)
     os.replace(path + ".tmp", path)
@@ -370,17 +411,24 @@ def load_models(path, cfg, device, with_discriminator):
     return gen, disc
 
 
-def training_pairs(cfg, log):
-    """(prompts, teacher texts) -- stage 0: from --teacher-data, or by asking the teacher (cached)."""
+def read_data_files(cfg):
+    """The data files, checked row by row before anything else runs: (records or None)."""
     import data as DATA
     if cfg.teacher_data:
-        recs = DATA.load_records(cfg.teacher_data, need_response=True)
-        log(f"[teacher] {len(recs)} pre-collected responses from {cfg.teacher_data}; no teacher calls")
-        return [r["messages"] for r in recs], [r["teacher_response"] for r in recs]
-    prompts = [r["messages"] for r in DATA.load_records(cfg.prompts)] if cfg.prompts else world.prompts("train")
+        return DATA.load_records(cfg.teacher_data, need_response=True)
+    return DATA.load_records(cfg.prompts) if cfg.prompts else None
+
+
+def training_pairs(cfg, records, log):
+    """(prompts, teacher texts) -- stage 0: from --teacher-data, or by asking the teacher (cached)."""
+    if cfg.teacher_data:
+        log(f"[teacher] {len(records)} pre-collected responses from {cfg.teacher_data}; no teacher calls")
+        return [r["messages"] for r in records], [r["teacher_response"] for r in records]
+    prompts = [r["messages"] for r in records] if records else world.prompts("train")
     teacher = T.make_teacher(cfg.teacher, seed=cfg.seed, base_url=cfg.teacher_base_url or None,
                              system_prompt=cfg.teacher_system_prompt or None, temperature=cfg.teacher_temperature,
-                             max_tokens=cfg.teacher_max_tokens, trust_remote_code=cfg.trust_remote_code, log=log)
+                             max_tokens=cfg.teacher_max_tokens, timeout=cfg.teacher_timeout,
+                             trust_remote_code=cfg.trust_remote_code, log=log)
     cache = T.TeacherCache(os.path.join(cfg.out_dir, "teacher_cache.jsonl"))
     if cache.torn_lines:
         log(f"[teacher] skipped {cache.torn_lines} torn line(s) in the cache (an interrupted write)")
@@ -388,7 +436,11 @@ def training_pairs(cfg, log):
     retries = getattr(teacher, "retries", 0)
     log(f"[teacher] {len(prompts)} prompts: {calls} teacher calls, {len(prompts) - calls} from the cache"
         + (f", {retries} retries" if retries else ""))
-    return prompts, [r[0] for r in responses]
+    texts = [r[0] for r in responses]
+    unusable = sum(1 for t in texts if not t or not t.strip())
+    if unusable:
+        log(f"[teacher] {unusable} of {len(texts)} answers are empty or refused: recorded, not trained on")
+    return prompts, texts
 
 
 def main(argv=None):
@@ -401,31 +453,50 @@ def main(argv=None):
     t_start = time.time()
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(vars(cfg), f, indent=2)
-    student_path = start_student(cfg, log)  # check the student first: fail before paying for teacher calls
+    try:  # cheap checks first (data files, then the student), before paying for any teacher call
+        records = read_data_files(cfg)
+    except DATA.DataError as e:
+        raise SystemExit(f"train_gad.py: {e}")
+    student_path = start_student(cfg, log)
     try:
         tok = load_tokenizer(student_path, cfg)
     except OSError as e:
         raise SystemExit(f"train_gad.py: --student {cfg.student}: cannot load: {str(e).splitlines()[0]}")
     try:
-        prompts, teacher_texts = training_pairs(cfg, log)
-    except (DATA.DataError, T.TeacherError) as e:
+        prompts, teacher_texts = training_pairs(cfg, records, log)
+    except T.TeacherError as e:
         raise SystemExit(f"train_gad.py: {e}")
     logger = Logger(cfg)
-    reset_metrics(cfg, {"all": {"warmup", "gad", "seqkd"}, "gad": {"warmup", "gad"}, "seqkd": {"seqkd"}}[cfg.mode])
+    phases = {"all": ["gad", "seqkd"], "gad": ["gad"], "seqkd": ["seqkd"]}[cfg.mode]
+    stages = {"gad": {"warmup", "gad"}, "seqkd": {"seqkd"}}
+    resume = C.latest(cfg.out_dir) if cfg.resume else None
+    if resume and resume["phase"] not in phases + ["done"]:
+        raise SystemExit(f"train_gad.py: --resume: the resume point is for phase {resume['phase']!r}, "
+                         f"which --mode {cfg.mode} does not run")
+    if resume:
+        log(f"[resume] continuing at {resume['phase']} step {resume['next_step']}")
+        done = phases.index(resume["phase"]) if resume["phase"] in phases else len(phases)
+        phases = phases[done:]
+        reset_metrics(cfg, set().union(*[stages[p] for p in phases]) if phases else set(), resume["next_step"])
+    else:
+        if cfg.resume:
+            log(f"[resume] no resume point in {cfg.out_dir}: starting from the beginning")
+        shutil.rmtree(os.path.join(cfg.out_dir, "resume"), ignore_errors=True)
+        reset_metrics(cfg, set().union(*[stages[p] for p in phases]))
 
-    if cfg.mode in ("all", "gad"):
+    for i, phase in enumerate(phases):
+        r = resume if resume and resume["phase"] == phase and resume["dir"] else None
         torch.manual_seed(cfg.seed)
         data = Data(tok, prompts, teacher_texts, cfg, log)
-        gen, _ = load_models(os.path.join(cfg.init_from, "generator") if cfg.init_from else student_path,
-                             cfg, device, with_discriminator=False)
-        _, disc = load_models(os.path.join(cfg.init_from, "discriminator") if cfg.init_from else student_path,
-                              cfg, device, with_discriminator=True)
-        train_gad(gen, disc, tok, data, cfg, device, logger)
-    if cfg.mode in ("all", "seqkd"):
-        torch.manual_seed(cfg.seed)
-        data = Data(tok, prompts, teacher_texts, cfg, log)
-        gen, _ = load_models(student_path, cfg, device, with_discriminator=False)
-        train_seqkd(gen, tok, data, cfg, device, logger)
+        if phase == "gad":
+            start = r["dir"] if r else (cfg.init_from or None)
+            gen, _ = load_models(os.path.join(start, "generator") if start else student_path, cfg, device, False)
+            _, disc = load_models(os.path.join(start, "discriminator") if start else student_path, cfg, device, True)
+            train_gad(gen, disc, tok, data, cfg, device, logger, resume=r)
+        else:
+            gen, _ = load_models(os.path.join(r["dir"], "generator") if r else student_path, cfg, device, False)
+            train_seqkd(gen, tok, data, cfg, device, logger, resume=r)
+        C.mark_phase_start(cfg.out_dir, phases[i + 1] if i + 1 < len(phases) else "done")
 
     if cfg.student == "embedded" and cfg.teacher == "embedded" and not (cfg.prompts or cfg.teacher_data):
         import eval as E

@@ -1,0 +1,97 @@
+"""Checkpoints that survive a crash: every write goes to a temporary name and is renamed into place.
+
+Model folders (`save_model`) are plain `save_pretrained` folders. Resume points (`save_resume`) live in
+runs/<name>/resume/step-<phase>-<step>/ and hold
+    generator/ discriminator/     weights (safetensors) + tokenizer
+    state.pt                      both AdamW states, the torch / CUDA RNG states, the data order and the
+                                  data RNG state (loaded with weights_only=True: tensors and plain types only)
+    state.json                    phase ("gad" = warmup + GAD steps, or "seqkd") and the next step
+runs/<name>/resume/latest.json names the newest complete one; it is replaced atomically after the folder is
+complete, so a kill at any moment leaves the previous resume point intact. The KL reference is not
+saved: it is the post-warmup generator, rebuilt from runs/<name>/warmup/generator.
+"""
+import json
+import os
+import shutil
+
+import torch
+
+
+def save_model(model, path, tok=None):
+    """save_pretrained into a temp folder, then rename: a crash never leaves a half-written checkpoint."""
+    tmp, old = path + ".tmp", path + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if tok is not None:
+        tok.save_pretrained(tmp)
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def save_resume(out_dir, phase, next_step, tok, data, gen, g_opt, disc=None, d_opt=None):
+    root = os.path.join(out_dir, "resume")
+    name = f"step-{phase}-{next_step:07d}"
+    tmp = os.path.join(root, name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    gen.save_pretrained(os.path.join(tmp, "generator"))
+    tok.save_pretrained(os.path.join(tmp, "generator"))
+    if disc is not None:
+        disc.save_pretrained(os.path.join(tmp, "discriminator"))
+    torch.save({"g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict() if d_opt is not None else None,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "data_order": list(data.order), "data_rng": data.rng.getstate()}, os.path.join(tmp, "state.pt"))
+    write_json(os.path.join(tmp, "state.json"), {"phase": phase, "next_step": next_step})
+    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    os.replace(tmp, os.path.join(root, name))
+    write_json(os.path.join(root, "latest.json"), {"path": name, "phase": phase, "next_step": next_step})
+    for other in os.listdir(root):  # keep only the newest complete resume point
+        if other.startswith("step-") and other != name:
+            shutil.rmtree(os.path.join(root, other), ignore_errors=True)
+
+
+def mark_phase_start(out_dir, phase):
+    """Point the resume pointer at the start of `phase` ("done" when all is trained); drop older points."""
+    root = os.path.join(out_dir, "resume")
+    os.makedirs(root, exist_ok=True)
+    write_json(os.path.join(root, "latest.json"), {"path": None, "phase": phase, "next_step": 0})
+    for other in os.listdir(root):
+        if other.startswith("step-"):
+            shutil.rmtree(os.path.join(root, other), ignore_errors=True)
+
+
+def latest(out_dir):
+    """The newest complete resume point: {"dir", "phase", "next_step"}, or None."""
+    pointer = os.path.join(out_dir, "resume", "latest.json")
+    if not os.path.exists(pointer):
+        return None
+    info = json.load(open(pointer))
+    info["dir"] = os.path.join(out_dir, "resume", info["path"]) if info["path"] else None
+    return info
+
+
+def restore_state(info, data):
+    """Load optimiser / RNG / data-order state of a resume point; returns the optimiser state dicts."""
+    state = torch.load(os.path.join(info["dir"], "state.pt"), weights_only=True)
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    data.order = list(state["data_order"])
+    data.rng.setstate(_as_rng_state(state["data_rng"]))
+    return state["g_opt"], state["d_opt"]
+
+
+def _as_rng_state(s):
+    """random.setstate wants (int, tuple, None); a round trip may have turned tuples into lists."""
+    return (s[0], tuple(s[1]), s[2])

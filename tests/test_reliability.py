@@ -1,0 +1,181 @@
+"""Reliability: resume after SIGKILL, a failing teacher, bad input, non-finite steps, secrets."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import generator as G
+import teacher as T
+import train_gad
+import world
+from serve import TeacherServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+RUN = ["--batch-prompts", "4", "--n-samples", "2", "--warmup-steps", "5", "--d-only-steps", "1", "--gad-steps", "25",
+       "--seqkd-steps", "8", "--max-response-len", "12", "--save-every", "4", "--log-every", "1000"]
+
+
+def metrics(out):
+    recs = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    for r in recs:
+        r.pop("seconds")
+    return recs
+
+
+def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_dir, tmp_path):
+    a, b = str(tmp_path / "straight"), str(tmp_path / "killed")
+    base = [sys.executable, "train_gad.py", "--student", tiny_dir, *RUN]
+    subprocess.run(base + ["--out-dir", a], cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(base + ["--out-dir", b], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    path, deadline = os.path.join(b, "metrics.jsonl"), time.time() + 300
+    while time.time() < deadline:  # kill once GAD step 14 is logged: after the resume point at step 12
+        if os.path.exists(path) and any(json.loads(x).get("step", -1) >= 14 for x in open(path) if x.strip()):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not os.path.exists(os.path.join(b, "gad", "generator"))
+    assert json.load(open(os.path.join(b, "resume", "latest.json")))["next_step"] == 12
+
+    out = subprocess.run(base + ["--out-dir", b, "--resume"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "[resume] continuing at gad step 12" in out.stdout + out.stderr
+    ma, mb = metrics(a), metrics(b)
+    assert [(r["stage"], r["step"]) for r in ma] == [(r["stage"], r["step"]) for r in mb]
+    for ra, rb in zip(ma, mb):
+        for k, v in ra.items():
+            assert rb[k] == pytest.approx(v, abs=1e-6), (ra["stage"], ra["step"], k)
+    for model in ("gad/generator", "gad/discriminator", "seqkd/generator"):
+        wa, wb = load_file(os.path.join(a, model, "model.safetensors")), load_file(os.path.join(b, model, "model.safetensors"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), model
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(tiny_dir, tmp_path, monkeypatch):
+    real = G.policy_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        loss, m = real(*args, **kw)
+        calls["n"] += 1
+        return (loss * float("nan"), m) if calls["n"] == 1 or calls["n"] >= 4 else (loss, m)
+    monkeypatch.setattr(G, "policy_loss", poisoned)
+    out = str(tmp_path / "run")
+    with pytest.raises(SystemExit, match="after 3 consecutive non-finite steps; last good resume point: .*step-gad-0000008"):
+        train_gad.main(["--student", tiny_dir, "--out-dir", out, "--mode", "gad", *RUN])
+    recs = metrics(out)
+    gad = [r for r in recs if r["stage"] == "gad"]
+    assert gad[0]["g_skipped"] == 1 and gad[0]["g_grad_norm"] is None       # logged, not stepped on
+    assert "g_skipped" not in gad[1] and "g_skipped" not in gad[2]
+    assert [r.get("g_skipped") for r in gad[3:]] == [1, 1, 1]
+    assert os.path.exists(os.path.join(out, "resume", "step-gad-0000008", "state.pt"))
+
+
+def test_failing_teacher_200_prompts_each_answered_once_and_kill_resume(tmp_path):
+    prompts = world.prompts("train")[:220]
+    embedded = T.EmbeddedTeacher(seed=0)
+    logs = []
+    path = str(tmp_path / "cache.jsonl")
+    with TeacherServer(embedded.respond, fail_rate=0.3, seed=3, hang=1.0) as server:
+        t = T.OpenAITeacher("e", base_url=server.url, timeout=0.3, backoff=0.001, log=logs.append)
+        out, calls = T.collect(t, prompts[:120], T.TeacherCache(path), concurrency=8)   # an interrupted run...
+        out, calls = T.collect(t, prompts, T.TeacherCache(path), concurrency=8)         # ...resumed later
+    assert calls == 100                                      # only what was missing was asked for
+    lines = [json.loads(x) for x in open(path)]
+    assert len(lines) == 220 and len({x["key"] for x in lines}) == 220
+    assert t.retries == sum("retry" in x for x in logs) > 20
+    kinds = " ".join(logs)
+    assert "APITimeoutError" in kinds and "HTTP 429" in kinds and "HTTP 500" in kinds
+    empty = [r for r in out if r == [""]]
+    assert 0 < len(empty) < 60                                # empty answers are recorded, not retried
+    assert all(r == embedded.respond(m) for r, m in zip(out, prompts) if r != [""])
+
+
+def test_quota_and_refusals(tmp_path):
+    embedded = T.EmbeddedTeacher(seed=0)
+    with TeacherServer(embedded.respond, fail_script=["quota"]) as server:
+        t = T.OpenAITeacher("e", base_url=server.url, backoff=0.001, log=lambda *a: None)
+        with pytest.raises(T.TeacherError, match="HTTP 429.*quota"):
+            t.respond(world.prompts("train")[0])
+        assert t.retries == 0
+    with TeacherServer(embedded.respond, fail_script=["refuse"]) as server:
+        t = T.OpenAITeacher("e", base_url=server.url, backoff=0.001, log=lambda *a: None)
+        assert t.respond(world.prompts("train")[0]) == [None]
+
+
+def test_empty_and_too_long_examples_are_skipped_and_counted(tok):
+    cfg = train_gad.parse_args(["--max-prompt-len", "8", "--max-response-len", "6"])
+    short = [{"role": "user", "content": "describe cats ."}]
+    long = [{"role": "user", "content": "hey , what do you think of cats ?"}]
+    logs = []
+    data = train_gad.Data(tok, [short, short, short, long], ["cats are furry .", "", "cats are furry . " * 3,
+                                                             "cats are furry ."], cfg, logs.append)
+    assert len(data.prompt_ids) == 1
+    text = "\n".join(logs)
+    assert "1 of 4 examples: empty teacher response" in text
+    assert "1 of 4 examples: teacher response > 6 tokens" in text and "1 of 4 examples: prompt > 8 tokens" in text
+
+
+@pytest.mark.parametrize("case", ["malformed", "missing_column", "bad_role", "no_model", "bad_flag"])
+def test_bad_input_exits_nonzero_with_one_clear_line(case, tmp_path):
+    f = tmp_path / "data.jsonl"
+    args = ["--teacher-data", str(f)]
+    if case == "malformed":
+        f.write_text('{"prompt": "a", "teacher_response": "b"}\n{"prompt": \n')
+        needle = "data.jsonl: line 2: malformed JSON"
+    elif case == "missing_column":
+        f.write_text('{"prompt": "a"}\n')
+        needle = "data.jsonl: row 1: missing field 'teacher_response'"
+    elif case == "bad_role":
+        f.write_text(json.dumps({"content": [{"role": "robot", "content": "hi"}], "teacher_response": "x"}) + "\n")
+        needle = "row 1: field 'content'[0].role: unknown role 'robot'"
+    elif case == "no_model":
+        args, needle = ["--student", str(tmp_path / "missing-model")], "model folder not found"
+    else:
+        args, needle = ["--lr-d", "-0.5"], "--lr-d must be >= 0"
+    p = subprocess.run([sys.executable, "train_gad.py", "--out-dir", str(tmp_path / "run"), *args],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert needle in last, p.stderr[-1500:]
+    assert not os.path.exists(os.path.join(tmp_path, "run", "gad"))
+
+
+def test_collection_killed_half_way_resumes_from_the_cache(tiny_dir, tmp_path):
+    embedded = T.EmbeddedTeacher(seed=0)
+    prompts = str(tmp_path / "prompts.jsonl")
+    with open(prompts, "w") as f:
+        f.writelines(json.dumps({"content": m}) + "\n" for m in world.prompts("train")[:200])
+
+    def slow(messages, n):
+        time.sleep(0.01)
+        return embedded.respond(messages, n)
+    out = str(tmp_path / "run")
+    cache = os.path.join(out, "teacher_cache.jsonl")
+    cmd = [sys.executable, "train_gad.py", "--student", tiny_dir, "--teacher", "openai:e", "--prompts", prompts,
+           "--out-dir", out, "--mode", "seqkd", "--seqkd-steps", "1", "--teacher-concurrency", "2"]
+    with TeacherServer(slow) as server:
+        proc = subprocess.Popen(cmd + ["--teacher-base-url", server.url], cwd=ROOT, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (os.path.exists(cache) and sum(1 for _ in open(cache)) >= 80):
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        kept = len(T.TeacherCache(cache).entries)
+        assert 80 <= kept < 200
+        before = server.served
+        p = subprocess.run(cmd + ["--teacher-base-url", server.url], cwd=ROOT, env=ENV, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert server.served - before == 200 - kept               # only the missing prompts were asked
+    assert len(T.TeacherCache(cache).entries) == 200

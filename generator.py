@@ -17,6 +17,18 @@ import torch.nn.functional as F
 
 
 # ---------------------------------------------------------------------------- tokens and batches
+def load_tokenizer(path, trust_remote_code=False):
+    """The student's tokenizer; it must have a chat template (prompts go through it)."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.chat_template is None:
+        raise ValueError(f"the tokenizer of {path} has no chat template; use an instruct/chat "
+                         "model or add a chat_template to its tokenizer_config.json")
+    if tok.pad_token_id is None:  # masks come from lengths, so padding with EOS is safe here
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def prompt_ids(tokenizer, messages):
     """Chat messages -> token ids through the student's chat template, with the generation prompt."""
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

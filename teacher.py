@@ -222,3 +222,36 @@ def make_teacher(spec, seed=0, base_url=None, system_prompt=None, temperature=1.
         return HFTeacher(spec[3:], system_prompt=system_prompt, temperature=temperature,
                          max_new_tokens=max_tokens, trust_remote_code=trust_remote_code)
     raise TeacherError(f"--teacher {spec!r}: expected embedded, openai:MODEL or hf:PATH")
+
+
+# ---------------------------------------------------------------------------- stage 0 of train_gad.py
+def read_data_files(cfg):
+    """The data files, checked row by row before anything else runs: (records or None)."""
+    import data as DATA
+    if cfg.teacher_data:
+        return DATA.load_records(cfg.teacher_data, need_response=True)
+    return DATA.load_records(cfg.prompts) if cfg.prompts else None
+
+
+def training_pairs(cfg, records, log):
+    """(prompts, teacher texts) -- stage 0: from --teacher-data, or by asking the teacher (cached)."""
+    if cfg.teacher_data:
+        log(f"[teacher] {len(records)} pre-collected responses from {cfg.teacher_data}; no teacher calls")
+        return [r["messages"] for r in records], [r["teacher_response"] for r in records]
+    prompts = [r["messages"] for r in records] if records else world.prompts("train")
+    teacher = make_teacher(cfg.teacher, seed=cfg.seed, base_url=cfg.teacher_base_url or None,
+                             system_prompt=cfg.teacher_system_prompt or None, temperature=cfg.teacher_temperature,
+                             max_tokens=cfg.teacher_max_tokens, timeout=cfg.teacher_timeout,
+                             trust_remote_code=cfg.trust_remote_code, log=log)
+    cache = TeacherCache(os.path.join(cfg.out_dir, "teacher_cache.jsonl"))
+    if cache.torn_lines:
+        log(f"[teacher] skipped {cache.torn_lines} torn line(s) in the cache (an interrupted write)")
+    responses, calls = collect(teacher, prompts, cache, n=1, concurrency=cfg.teacher_concurrency, log=log)
+    retries = getattr(teacher, "retries", 0)
+    log(f"[teacher] {len(prompts)} prompts: {calls} teacher calls, {len(prompts) - calls} from the cache"
+        + (f", {retries} retries" if retries else ""))
+    texts = [r[0] for r in responses]
+    unusable = sum(1 for t in texts if not t or not t.strip())
+    if unusable:
+        log(f"[teacher] {unusable} of {len(texts)} answers are empty or refused: recorded, not trained on")
+    return prompts, texts

@@ -364,39 +364,6 @@ def reset_metrics(cfg, stages, from_step=0):
 
 
 # ---------------------------------------------------------------------------- main
-def start_student(cfg, log):
-    """The starting student's folder or hub name: the embedded world's (pretrained here), or --student."""
-    if cfg.student != "embedded":
-        if not os.path.isdir(cfg.student) and (cfg.student.startswith((".", "/")) or cfg.student.count("/") != 1):
-            raise SystemExit(f"train_gad.py: --student: model folder not found: {cfg.student}")
-        return cfg.student
-    path = os.path.join(cfg.out_dir, "before", "generator")
-    spec = {"seed": cfg.seed, "pretrain_steps": cfg.pretrain_steps, "world": "embedded:world-v1"}
-    marker = os.path.join(path, "world.json")
-    if os.path.exists(marker) and json.load(open(marker)) == spec:
-        log(f"[world] reusing the pretrained starting student in {path}")
-        return path
-    log(f"[world] pretraining the starting student ({cfg.pretrain_steps} steps)")
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    world.build_student(tmp, seed=cfg.seed, steps=cfg.pretrain_steps, log=log)
-    json.dump(spec, open(os.path.join(tmp, "world.json"), "w"))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    return path
-
-
-def load_tokenizer(path, cfg):
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    if tok.chat_template is None:
-        raise SystemExit(f"train_gad.py: the tokenizer of {path} has no chat template; use an instruct/chat "
-                         "model or add a chat_template to its tokenizer_config.json")
-    if tok.pad_token_id is None:  # masks come from lengths, so padding with EOS is safe here
-        tok.pad_token = tok.eos_token
-    return tok
-
-
 def load_models(path, cfg, device, with_discriminator):
     """G (and D from the same checkpoint, with a fresh head unless one is saved there)."""
     from transformers import AutoModelForCausalLM
@@ -411,38 +378,6 @@ def load_models(path, cfg, device, with_discriminator):
     return gen, disc
 
 
-def read_data_files(cfg):
-    """The data files, checked row by row before anything else runs: (records or None)."""
-    import data as DATA
-    if cfg.teacher_data:
-        return DATA.load_records(cfg.teacher_data, need_response=True)
-    return DATA.load_records(cfg.prompts) if cfg.prompts else None
-
-
-def training_pairs(cfg, records, log):
-    """(prompts, teacher texts) -- stage 0: from --teacher-data, or by asking the teacher (cached)."""
-    if cfg.teacher_data:
-        log(f"[teacher] {len(records)} pre-collected responses from {cfg.teacher_data}; no teacher calls")
-        return [r["messages"] for r in records], [r["teacher_response"] for r in records]
-    prompts = [r["messages"] for r in records] if records else world.prompts("train")
-    teacher = T.make_teacher(cfg.teacher, seed=cfg.seed, base_url=cfg.teacher_base_url or None,
-                             system_prompt=cfg.teacher_system_prompt or None, temperature=cfg.teacher_temperature,
-                             max_tokens=cfg.teacher_max_tokens, timeout=cfg.teacher_timeout,
-                             trust_remote_code=cfg.trust_remote_code, log=log)
-    cache = T.TeacherCache(os.path.join(cfg.out_dir, "teacher_cache.jsonl"))
-    if cache.torn_lines:
-        log(f"[teacher] skipped {cache.torn_lines} torn line(s) in the cache (an interrupted write)")
-    responses, calls = T.collect(teacher, prompts, cache, n=1, concurrency=cfg.teacher_concurrency, log=log)
-    retries = getattr(teacher, "retries", 0)
-    log(f"[teacher] {len(prompts)} prompts: {calls} teacher calls, {len(prompts) - calls} from the cache"
-        + (f", {retries} retries" if retries else ""))
-    texts = [r[0] for r in responses]
-    unusable = sum(1 for t in texts if not t or not t.strip())
-    if unusable:
-        log(f"[teacher] {unusable} of {len(texts)} answers are empty or refused: recorded, not trained on")
-    return prompts, texts
-
-
 def main(argv=None):
     import data as DATA
     cfg = parse_args(argv)
@@ -454,16 +389,16 @@ def main(argv=None):
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(vars(cfg), f, indent=2)
     try:  # cheap checks first (data files, then the student), before paying for any teacher call
-        records = read_data_files(cfg)
+        records = T.read_data_files(cfg)
     except DATA.DataError as e:
         raise SystemExit(f"train_gad.py: {e}")
-    student_path = start_student(cfg, log)
+    student_path = world.starting_student(cfg, log)
     try:
-        tok = load_tokenizer(student_path, cfg)
-    except OSError as e:
-        raise SystemExit(f"train_gad.py: --student {cfg.student}: cannot load: {str(e).splitlines()[0]}")
+        tok = G.load_tokenizer(student_path, cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"train_gad.py: --student {cfg.student}: {str(e).splitlines()[0]}")
     try:
-        prompts, teacher_texts = training_pairs(cfg, records, log)
+        prompts, teacher_texts = T.training_pairs(cfg, records, log)
     except T.TeacherError as e:
         raise SystemExit(f"train_gad.py: {e}")
     logger = Logger(cfg)

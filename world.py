@@ -17,7 +17,10 @@ Everything is word-level and lower-case with spaces around punctuation, so text 
 round-trips exactly and the judge can parse responses.
 """
 import itertools
+import json
+import os
 import random
+import shutil
 import re
 
 import torch
@@ -229,3 +232,25 @@ def support_size():
     n = len(CATEGORIES["animal"][1])
     perms = lambda k: len(list(itertools.permutations(range(n), k)))
     return n * len(CATEGORIES["animal"][2]) + perms(2) + perms(3)
+
+
+def starting_student(cfg, log):
+    """The starting student's folder or hub name: the embedded world's (pretrained here), or --student."""
+    if cfg.student != "embedded":
+        if not os.path.isdir(cfg.student) and (cfg.student.startswith((".", "/")) or cfg.student.count("/") != 1):
+            raise SystemExit(f"train_gad.py: --student: model folder not found: {cfg.student}")
+        return cfg.student
+    path = os.path.join(cfg.out_dir, "before", "generator")
+    spec = {"seed": cfg.seed, "pretrain_steps": cfg.pretrain_steps, "world": "embedded:world-v1"}
+    marker = os.path.join(path, "world.json")
+    if os.path.exists(marker) and json.load(open(marker)) == spec:
+        log(f"[world] reusing the pretrained starting student in {path}")
+        return path
+    log(f"[world] pretraining the starting student ({cfg.pretrain_steps} steps)")
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_student(tmp, seed=cfg.seed, steps=cfg.pretrain_steps, log=log)
+    json.dump(spec, open(os.path.join(tmp, "world.json"), "w"))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path

@@ -1,5 +1,4 @@
 """The OpenAI-compatible teacher and judge, over real HTTP on 127.0.0.1 (serve.TeacherServer + openai client)."""
-import os
 import re
 
 import pytest

@@ -1,5 +1,4 @@
 """The embedded world: splits, tokenizer, and the privileged judge."""
-import random
 
 import world
 

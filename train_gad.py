@@ -386,8 +386,14 @@ def main(argv=None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log = tqdm.write
     t_start = time.time()
-    with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-        json.dump(vars(cfg), f, indent=2)
+    config_path = os.path.join(cfg.out_dir, "config.json")
+    if cfg.resume and os.path.exists(config_path):  # a resumed run must be the same run
+        old = json.load(open(config_path))
+        changed = [k for k, v in vars(cfg).items() if k != "resume" and k in old and old[k] != v]
+        if changed:
+            raise SystemExit(f"train_gad.py: --resume with different flags than the run in {cfg.out_dir}: "
+                             + ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {getattr(cfg, k)!r}" for k in changed))
+    C.write_json(config_path, vars(cfg))
     try:  # cheap checks first (data files, then the student), before paying for any teacher call
         records = T.read_data_files(cfg)
     except DATA.DataError as e:

@@ -46,6 +46,9 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_dir, tmp_path):
     assert not os.path.exists(os.path.join(b, "gad", "generator"))
     assert json.load(open(os.path.join(b, "resume", "latest.json")))["next_step"] == 12
 
+    other = subprocess.run(base + ["--out-dir", b, "--resume", "--lr-gad", "1e-3"], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert other.returncode != 0 and "--lr-gad 3e-05 -> 0.001" in other.stderr   # not the same run: refused
     out = subprocess.run(base + ["--out-dir", b, "--resume"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -11,6 +11,7 @@ complete, so a kill at any moment leaves the previous resume point intact. The K
 saved: it is the post-warmup generator, rebuilt from runs/<name>/warmup/generator.
 """
 import json
+import math
 import os
 import shutil
 
@@ -95,3 +96,21 @@ def restore_state(info, data):
 def _as_rng_state(s):
     """random.setstate wants (int, tuple, None); a round trip may have turned tuples into lists."""
     return (s[0], tuple(s[1]), s[2])
+
+
+# ---------------------------------------------------------------------------- metrics.jsonl on resume
+def finite_or_none(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def reset_metrics(out_dir, stages, from_step=0):
+    """Drop the records of `stages` from step `from_step` on: this invocation writes them again."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+        keep = [json.dumps(r) + "\n" for r in recs if r.get("stage") not in stages or r["step"] < from_step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)

@@ -99,6 +99,12 @@ def sample(model, tokenizer, prompts, n, temperature, max_new_tokens, gen_batch_
     return out
 
 
+def sample_metrics(samples, eos_id):
+    lengths = [len(s) for s in samples]
+    return {"response_length": sum(lengths) / len(lengths),
+            "truncated": sum(not finished(s, eos_id) for s in samples) / len(samples)}
+
+
 def finished(response, eos_id):
     return len(response) > 0 and response[-1] == eos_id
 

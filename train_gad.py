@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import os
 import random
 import shutil
@@ -83,6 +82,10 @@ CONFIG = {  # name: (default, meaning)
     "grad_clip": (1.0, "max grad norm for G and D (paper: 0.2)"),
     "weight_decay": (0.01, "AdamW weight decay (paper: 0.01)"),
     "d_loss": ("bt", "bt = Bradley-Terry (paper Eq. 3); bce = the weaker baseline of paper Table 4"),
+    "no_d_warmup": (False, "ablation (paper Table 3): D is not trained in stage 1 (flag)"),
+    "frozen_d": ("", "ablation (paper Fig. 6): a trained discriminator folder used as a fixed reward model"),
+    "eval_every": (0, "embedded world: judge G on the test prompts every N steps and log judge_fidelity "
+                      "(evaluation only; the judge never trains anything)"),
     "eval_samples": (4, "samples per held-out prompt at evaluation"),
     "eval_temperature": (0.8, "sampling temperature at evaluation (0 = greedy)"),
     "log_every": (22, "print a log line every this many steps"),
@@ -187,12 +190,14 @@ def optimizer_step(loss, model, opt, cfg, name):
     return {f"{name}_grad_norm": norm.item()}
 
 
-def d_step(disc, opt, t_batch, s_batch, cfg, device):
+def d_step(disc, opt, t_batch, s_batch, cfg, device, update=True):
     """One discriminator update. Returns D's scores of the student samples *before* the update."""
-    t_scores, s_scores = disc(G.to(t_batch, device)), disc(G.to(s_batch, device))      # [B], [B*n]
+    with torch.set_grad_enabled(update):
+        t_scores, s_scores = disc(G.to(t_batch, device)), disc(G.to(s_batch, device))  # [B], [B*n]
     loss_fn = D.bt_loss if cfg.d_loss == "bt" else D.bce_loss
     loss, metrics = loss_fn(t_scores, s_scores, cfg.n_samples)
-    metrics.update(optimizer_step(loss, disc, opt, cfg, "d"))
+    if update:  # not in the ablations that keep D fixed (--frozen-d, --no-d-warmup in stage 1)
+        metrics.update(optimizer_step(loss, disc, opt, cfg, "d"))
     return s_scores.detach(), metrics
 
 
@@ -251,6 +256,8 @@ def train_gad(gen, disc, tok, data, cfg, device, logger, resume=None):
         idx = data.next()
         with amp(device):
             m = gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device)
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            m["judge_fidelity"] = judge_fidelity(gen, tok, cfg)
         logger.step(stage, step, m, time.time() - t0, data, idx, m.pop("_samples"), tok)
         guard.check(m, stage, step)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
@@ -267,7 +274,8 @@ def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step
     t_batch = teacher_batch(data, idx, tok.pad_token_id)
     s_batch = student_batch(data, idx, samples, cfg.n_samples, tok.pad_token_id)
     # 2.+3. D scores the samples with its pre-update weights (= rewards), then takes one BT step
-    rewards, m = d_step(disc, d_opt, t_batch, s_batch, cfg, device)                # [B*n]
+    train_d = not cfg.frozen_d and not (stage == "warmup" and cfg.no_d_warmup)
+    rewards, m = d_step(disc, d_opt, t_batch, s_batch, cfg, device, update=train_d)  # [B*n]
     if stage == "warmup":
         if step >= cfg.d_only_steps:
             m.update(sft_step(gen, g_opt, t_batch, cfg, device))
@@ -277,8 +285,18 @@ def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step
         m.update(g_step(gen, ref, g_opt, s_batch, advantages, cfg, device))
         m.update(reward_mean=rewards.mean().item(), reward_std=rewards.std().item(),
                  reward_group_std=rewards.view(-1, cfg.n_samples).std(-1).mean().item())
-    m.update(sample_metrics(samples, tok.eos_token_id))
+    m.update(G.sample_metrics(samples, tok.eos_token_id))
     return {**m, "_samples": samples}
+
+
+def judge_fidelity(gen, tok, cfg):
+    """Privileged-judge fidelity of G on the test prompts, 1 sample each; the RNG is left untouched."""
+    import eval as E
+    state = torch.get_rng_state()
+    prompts = world.prompts("test")
+    texts, _ = E.student_responses(gen, tok, prompts, 1, cfg.eval_temperature, cfg.max_response_len)
+    torch.set_rng_state(state)
+    return E.judge_responses(prompts, texts, 1)["fidelity"]
 
 
 def train_seqkd(gen, tok, data, cfg, device, logger, resume=None):
@@ -318,12 +336,6 @@ class BadStepGuard:
                              f"steps; last good resume point: {last['dir'] if last else 'none'}")
 
 
-def sample_metrics(samples, eos_id):
-    lengths = [len(s) for s in samples]
-    return {"response_length": sum(lengths) / len(lengths),
-            "truncated": sum(not G.finished(s, eos_id) for s in samples) / len(samples)}
-
-
 # ---------------------------------------------------------------------------- saving and logging
 class Logger:
     """metrics.jsonl (one JSON object per step) + a concise line every log_every steps."""
@@ -332,7 +344,7 @@ class Logger:
         self.path, self.cfg = os.path.join(cfg.out_dir, "metrics.jsonl"), cfg
 
     def step(self, stage, step, metrics, seconds, data, idx, samples, tok):
-        rec = {"stage": stage, "step": step, **{k: finite_or_none(v) for k, v in metrics.items()},
+        rec = {"stage": stage, "step": step, **{k: C.finite_or_none(v) for k, v in metrics.items()},
                "seconds": round(seconds, 4)}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -344,23 +356,6 @@ class Logger:
             tqdm.write(f"  prompt : {data.prompts[idx[0]][-1]['content']}\n"
                        f"  student: {tok.decode(samples[0], skip_special_tokens=True)}\n"
                        f"  teacher: {data.teacher_texts[idx[0]]}")
-
-
-def finite_or_none(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def reset_metrics(cfg, stages, from_step=0):
-    """Drop the records of `stages` from step `from_step` on: this invocation writes them again."""
-    path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        recs = [json.loads(line) for line in f if line.strip()]
-        keep = [json.dumps(r) + "\n" for r in recs if r.get("stage") not in stages or r["step"] < from_step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(keep)
-    os.replace(path + ".tmp", path)
 
 
 # ---------------------------------------------------------------------------- main
@@ -418,12 +413,12 @@ def main(argv=None):
         log(f"[resume] continuing at {resume['phase']} step {resume['next_step']}")
         done = phases.index(resume["phase"]) if resume["phase"] in phases else len(phases)
         phases = phases[done:]
-        reset_metrics(cfg, set().union(*[stages[p] for p in phases]) if phases else set(), resume["next_step"])
+        C.reset_metrics(cfg.out_dir, set().union(*[stages[p] for p in phases]) if phases else set(), resume["next_step"])
     else:
         if cfg.resume:
             log(f"[resume] no resume point in {cfg.out_dir}: starting from the beginning")
         shutil.rmtree(os.path.join(cfg.out_dir, "resume"), ignore_errors=True)
-        reset_metrics(cfg, set().union(*[stages[p] for p in phases]))
+        C.reset_metrics(cfg.out_dir, set().union(*[stages[p] for p in phases]))
 
     for i, phase in enumerate(phases):
         r = resume if resume and resume["phase"] == phase and resume["dir"] else None
@@ -432,7 +427,8 @@ def main(argv=None):
         if phase == "gad":
             start = r["dir"] if r else (cfg.init_from or None)
             gen, _ = load_models(os.path.join(start, "generator") if start else student_path, cfg, device, False)
-            _, disc = load_models(os.path.join(start, "discriminator") if start else student_path, cfg, device, True)
+            d_path = cfg.frozen_d or (os.path.join(start, "discriminator") if start else student_path)
+            _, disc = load_models(d_path, cfg, device, True)
             train_gad(gen, disc, tok, data, cfg, device, logger, resume=r)
         else:
             gen, _ = load_models(os.path.join(r["dir"], "generator") if r else student_path, cfg, device, False)

@@ -85,7 +85,7 @@ def table2(seeds, tiny, log):
     runs = [run("gad_seqkd", s, [], tiny, log) for s in seeds]
     ev = evals(runs)
     data, md = table({k: [e[k] for e in ev] for k in ["before", "seqkd", "gad", "teacher"]})
-    return {"seeds": seeds, "runs": runs, "results": data}, md, None
+    return {"seeds": seeds, "runs": runs, "results": data}, md, bar_plot(data, ("fidelity", "ood_fidelity"))
 
 
 def quality_diversity(seeds, tiny, log):
@@ -242,13 +242,15 @@ def mode_seeking(seeds, tiny, log):
     return {"seeds": seeds, "steps": steps, "distributions": out, "mean": mean, "overlap": cover}, md, plot
 
 
-def bar_plot(data, metric="fidelity"):
+def bar_plot(data, metrics=("fidelity",)):
+    """Bars of mean +- std over seeds, one group per model."""
     def plot(plt):
-        labels = list(data)
-        plt.bar(range(len(labels)), [data[k][metric]["mean"] for k in labels],
-                yerr=[data[k][metric]["std"] for k in labels], capsize=4)
-        plt.xticks(range(len(labels)), labels, fontsize=8)
-        plt.ylabel(f"{metric} (test prompts)")
+        labels, w = list(data), 0.8 / len(metrics)
+        for j, metric in enumerate(metrics):
+            plt.bar([i + j * w for i in range(len(labels))], [data[k][metric]["mean"] for k in labels], w,
+                    yerr=[data[k][metric]["std"] for k in labels], capsize=3, label=metric)
+        plt.xticks([i + w * (len(metrics) - 1) / 2 for i in range(len(labels))], labels, fontsize=8)
+        plt.ylabel("privileged judge")
     return plot
 
 

@@ -32,6 +32,7 @@ import sys
 
 import torch
 
+import checkpoint as C
 import generator as G
 import world
 
@@ -54,13 +55,6 @@ def student_responses(model, tokenizer, prompts, n, temperature, max_new_tokens,
                    gen_batch_size)
     texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
     return texts, sum(G.finished(r, tokenizer.eos_token_id) for r in ids) / len(ids)
-
-
-def write_json(path, obj):
-    """Write to a temporary name, then rename: a crash never leaves a half-written file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 def checkpoint(run_dir, name):
@@ -108,7 +102,7 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
         examples[prefix]["teacher"] = texts[::samples]
     results["_config"] = {"samples_per_prompt": samples, "temperature": temperature, "seed": seed,
                           "prompts": {"test": len(splits[""]), "ood": len(splits["ood_"])}}
-    write_json(os.path.join(run_dir, "eval.json"), results)
+    C.write_json(os.path.join(run_dir, "eval.json"), results)  # temp file, then rename
     log("In-domain test prompts:\n" + format_table(results) + "\n\nOut-of-domain topics:\n"
         + format_table(results, "ood_"))
     for prefix, prompts in splits.items():
@@ -256,7 +250,7 @@ def evaluate_real(run_dir, test_data, judge_spec=None, judge_base_url=None, temp
         results[name] = m
     results["_config"] = {"test_data": test_data, "prompts": len(questions), "temperature": temperature,
                           "judge": judge.name if judge else None}
-    write_json(os.path.join(run_dir, "eval.json"), results)
+    C.write_json(os.path.join(run_dir, "eval.json"), results)
     cols = [c for c in ("judge_score", "judge_unparsed", "rouge_l", "ngram_1", "ngram_4", "length", "distinct_2")
             if any(c in m for m in results.values() if isinstance(m, dict))]
     log(f"{'model':<10}" + "".join(f"{c:>15}" for c in cols))
@@ -278,7 +272,26 @@ def summarize(run_dirs, keys=("fidelity", "relevance", "length", "distinct_2", "
                 v = [e[name][k] for e in evals]
                 cells.append(f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Discriminator health per run (from metrics.jsonl): mean d_acc in warmup / GAD, median reward_group_std"
+              " and mean / max k3 KL in GAD"]
+    for d in run_dirs:
+        lines.append(f"- {d}: " + health(d))
     return "\n".join(lines) + f"\n\n({len(evals)} runs: {', '.join(run_dirs)})"
+
+
+def health(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return "no metrics.jsonl"
+    recs = [json.loads(x) for x in open(path) if x.strip()]
+    w = [r["d_acc"] for r in recs if r["stage"] == "warmup"]
+    g = [r for r in recs if r["stage"] == "gad"]
+    if not w or not g:
+        return "no warmup / GAD steps"
+    kl = [r["kl"] for r in g if r.get("kl") is not None]
+    return (f"d_acc {statistics.mean(w):.3f} / {statistics.mean(r['d_acc'] for r in g):.3f}, "
+            f"reward_group_std {statistics.median(r['reward_group_std'] for r in g):.3f}, "
+            f"kl {statistics.mean(kl):.3f} / {max(kl):.3f}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import sys
 
 import torch
 
+import checkpoint as C
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join("runs", "experiments")
 TEMPERATURES = [0.5, 0.7, 0.8, 1.0, 1.2]
@@ -278,9 +280,7 @@ def main(argv=None):
     for name in names:
         result, md, plot = EXPERIMENTS[name](a.seeds, a.tiny, print)
         result["tiny"] = a.tiny
-        with open(os.path.join(OUT, name + ".json.tmp"), "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(os.path.join(OUT, name + ".json.tmp"), os.path.join(OUT, name + ".json"))
+        C.write_json(os.path.join(OUT, name + ".json"), result)
         with open(os.path.join(OUT, name + ".md"), "w") as f:
             f.write(f"### {name}\n\n{md}\n")
         if plt is not None and plot is not None:

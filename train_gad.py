@@ -255,10 +255,10 @@ def train_gad(gen, disc, tok, data, cfg, device, logger, resume=None):
         t0 = time.time()
         idx = data.next()
         with amp(device):
-            m = gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device)
+            m, samples = gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device)
         if cfg.eval_every and step % cfg.eval_every == 0:
             m["judge_fidelity"] = judge_fidelity(gen, tok, cfg)
-        logger.step(stage, step, m, time.time() - t0, data, idx, m.pop("_samples"), tok)
+        logger.step(stage, step, m, time.time() - t0, data, idx, samples, tok)
         guard.check(m, stage, step)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             C.save_resume(cfg.out_dir, "gad", step + 1, tok, data, gen, g_opt, disc, d_opt)
@@ -267,7 +267,7 @@ def train_gad(gen, disc, tok, data, cfg, device, logger, resume=None):
 
 
 def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device):
-    """One step of stage 1 (warmup) or stage 2 (GAD), in the paper's order."""
+    """One step of stage 1 (warmup) or stage 2 (GAD), in the paper's order. Returns (metrics, samples)."""
     # 1. sample n responses per prompt from the current G
     samples = G.sample(gen, tok, [data.prompt_ids[i] for i in idx], cfg.n_samples, cfg.temperature,
                        cfg.max_response_len, cfg.gen_batch_size)
@@ -286,7 +286,7 @@ def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step
         m.update(reward_mean=rewards.mean().item(), reward_std=rewards.std().item(),
                  reward_group_std=rewards.view(-1, cfg.n_samples).std(-1).mean().item())
     m.update(G.sample_metrics(samples, tok.eos_token_id))
-    return {**m, "_samples": samples}
+    return m, samples
 
 
 def judge_fidelity(gen, tok, cfg):

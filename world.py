@@ -250,7 +250,8 @@ def starting_student(cfg, log):
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     build_student(tmp, seed=cfg.seed, steps=cfg.pretrain_steps, log=log)
-    json.dump(spec, open(os.path.join(tmp, "world.json"), "w"))
+    with open(os.path.join(tmp, "world.json"), "w") as f:
+        json.dump(spec, f)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path

@@ -1,4 +1,5 @@
 """The embedded world: splits, tokenizer, and the privileged judge."""
+import random
 
 import world
 
@@ -47,3 +48,12 @@ def test_distinct_n():
     assert world.distinct_n(["a b c", "a b d"], 2) == 3 / 4
     assert world.distinct_n(["a a a a"], 2) == 1 / 3
     assert world.distinct_n([], 2) == 0
+
+
+def test_support_size_is_what_the_teacher_actually_produces():
+    """The README's "424 distinct valid answers per topic": the teacher's samples reach exactly that many."""
+    rng = random.Random(0)
+    m = world.prompts("train")[0]
+    answers = {world.teacher_respond(m, rng) for _ in range(30000)}
+    assert all(world.judge(world.topic_of(m), a)["valid"] for a in answers)
+    assert len(answers) == world.support_size() == 424

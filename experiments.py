@@ -59,6 +59,12 @@ def run(variant, seed, flags, tiny, log):
     return out
 
 
+def base(seed, tiny, log):
+    """The default run of a seed (GAD + SeqKD), judged every 22 steps: table2's row and frozen_d's co-evolving arm.
+    The judge restores the RNG state, so --eval-every leaves training unchanged."""
+    return run("gad_seqkd", seed, ["--eval-every", "2" if tiny else "22"], tiny, log)
+
+
 def evals(folders):
     return [json.load(open(os.path.join(f, "eval.json"))) for f in folders]
 
@@ -77,14 +83,16 @@ def table(rows, metrics=METRICS):
 
 
 def curves(folder, stage_keys):
-    """{key: [(step, value)]} for the GAD stage of a run's metrics.jsonl."""
-    recs = [json.loads(x) for x in open(os.path.join(folder, "metrics.jsonl"))]
-    return {k: [(r["step"], r[k]) for r in recs if r["stage"] == "gad" and r.get(k) is not None] for k in stage_keys}
+    """{key: [(GAD step, value)]} for the GAD stage of a run's metrics.jsonl (steps counted from its start)."""
+    recs = [json.loads(x) for x in open(os.path.join(folder, "metrics.jsonl")) if '"gad"' in x]
+    recs = [r for r in recs if r["stage"] == "gad"]
+    first = recs[0]["step"] if recs else 0
+    return {k: [(r["step"] - first, r[k]) for r in recs if r.get(k) is not None] for k in stage_keys}
 
 
 # ---------------------------------------------------------------------------- the experiments
 def table2(seeds, tiny, log):
-    runs = [run("gad_seqkd", s, [], tiny, log) for s in seeds]
+    runs = [base(s, tiny, log) for s in seeds]
     ev = evals(runs)
     data, md = table({k: [e[k] for e in ev] for k in ["before", "seqkd", "gad", "teacher"]})
     return {"seeds": seeds, "runs": runs, "results": data}, md, bar_plot(data, ("fidelity", "ood_fidelity"))
@@ -97,7 +105,7 @@ def quality_diversity(seeds, tiny, log):
     prompts = world.prompts("test")
     points = {"seqkd": {}, "gad": {}}
     for s in seeds:
-        folder = run("gad_seqkd", s, [], tiny, log)
+        folder = base(s, tiny, log)
         for model in points:
             path = os.path.join(folder, model, "generator")
             tok, gen = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
@@ -133,16 +141,16 @@ def warmup_ablation(seeds, tiny, log):
                 ["--no-d-warmup"]}
     rows = {}
     for label, flags in variants.items():
-        folders = [run("gad_seqkd" if not flags else "ablation_" + flags[0].strip("-"), s,
-                       flags + ([] if not flags else ["--mode", "gad"]), tiny, log) for s in seeds]
+        folders = [base(s, tiny, log) if not flags else run("ablation_" + flags[0].strip("-"), s, flags + ["--mode", "gad"],
+                                                              tiny, log) for s in seeds]
         rows[label] = [e["gad"] for e in evals(folders)]
-    rows["SeqKD"] = [e["seqkd"] for e in evals([run("gad_seqkd", s, [], tiny, log) for s in seeds])]
+    rows["SeqKD"] = [e["seqkd"] for e in evals([base(s, tiny, log) for s in seeds])]
     data, md = table(rows)
     return {"seeds": seeds, "results": data}, md, bar_plot(data)
 
 
 def bt_vs_bce(seeds, tiny, log):
-    rows = {"BT": [e["gad"] for e in evals([run("gad_seqkd", s, [], tiny, log) for s in seeds])],
+    rows = {"BT": [e["gad"] for e in evals([base(s, tiny, log) for s in seeds])],
             "BCE": [e["gad"] for e in evals([run("bce", s, ["--d-loss", "bce", "--mode", "gad"], tiny, log)
                                               for s in seeds])]}
     data, md = table(rows)
@@ -154,14 +162,16 @@ def frozen_d(seeds, tiny, log):
     warm = "4" if tiny else "88"
     coevolving, frozen = [], []
     for s in seeds:
-        base = run("gad_seqkd", s, [], tiny, log)
-        # D trained once against the SeqKD student (D-only warmup on its samples), then frozen
-        d_run = run("seqkd_discriminator", s, ["--student", os.path.join(base, "seqkd", "generator"), "--mode", "gad",
+        co = base(s, tiny, log)  # the co-evolving arm is the default run's GAD stage
+        # D trained once against the SeqKD student (D-only warmup on its samples), then frozen; the frozen arm
+        # starts from the same warmed-up generator as the co-evolving arm
+        d_run = run("seqkd_discriminator", s, ["--student", os.path.join(co, "seqkd", "generator"), "--mode", "gad",
                                                "--warmup-steps", warm, "--d-only-steps", warm, "--gad-steps", "0"],
                     tiny, log)
-        frozen.append(run("frozen_d", s, ["--frozen-d", os.path.join(d_run, "gad", "discriminator"),
-                                          "--mode", "gad", "--eval-every", every], tiny, log))
-        coevolving.append(run("coevolving_d", s, ["--mode", "gad", "--eval-every", every], tiny, log))
+        frozen.append(run("frozen_d", s, ["--init-from", os.path.join(co, "warmup"), "--frozen-d",
+                                          os.path.join(d_run, "gad", "discriminator"), "--mode", "gad",
+                                          "--eval-every", every], tiny, log))
+        coevolving.append(co)
     keys = ["reward_mean", "response_length", "judge_fidelity"]
     data = {"co-evolving D": [curves(f, keys) for f in coevolving], "frozen D": [curves(f, keys) for f in frozen]}
     rows = {"co-evolving D": [e["gad"] for e in evals(coevolving)], "frozen D": [e["gad"] for e in evals(frozen)]}

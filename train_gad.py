@@ -83,6 +83,7 @@ CONFIG = {  # name: (default, meaning)
     "weight_decay": (0.01, "AdamW weight decay (paper: 0.01)"),
     "d_loss": ("bt", "bt = Bradley-Terry (paper Eq. 3); bce = the weaker baseline of paper Table 4"),
     "no_d_warmup": (False, "ablation (paper Table 3): D is not trained in stage 1 (flag)"),
+    "break_eos_symmetry": (False, "lab (exercises/lab1_eos.md): D sees teacher responses without their EOS (flag)"),
     "frozen_d": ("", "ablation (paper Fig. 6): a trained discriminator folder used as a fixed reward model"),
     "eval_every": (0, "embedded world: judge G on the test prompts every N steps and log judge_fidelity "
                       "(evaluation only; the judge never trains anything)"),
@@ -169,8 +170,9 @@ class Data:
         return idx
 
 
-def teacher_batch(data, idx, pad_id):
-    return G.pack([data.prompt_ids[i] for i in idx], [data.teacher_ids[i] for i in idx], pad_id)
+def teacher_batch(data, idx, pad_id, eos=True):
+    """[prompt ; teacher response + EOS] rows; eos=False drops the EOS (only for --break-eos-symmetry)."""
+    return G.pack([data.prompt_ids[i] for i in idx], [data.teacher_ids[i][:None if eos else -1] for i in idx], pad_id)
 
 
 def student_batch(data, idx, samples, n, pad_id):
@@ -268,14 +270,17 @@ def train_gad(gen, disc, tok, data, cfg, device, logger, resume=None):
 
 def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device):
     """One step of stage 1 (warmup) or stage 2 (GAD), in the paper's order. Returns (metrics, samples)."""
+    t_batch = teacher_batch(data, idx, tok.pad_token_id)
+    train_d = not cfg.frozen_d and not (stage == "warmup" and cfg.no_d_warmup)
+    if stage == "warmup" and not train_d:  # --no-d-warmup: stage 1 is SFT alone, nothing to sample or score
+        return (sft_step(gen, g_opt, t_batch, cfg, device) if step >= cfg.d_only_steps else {}), None
     # 1. sample n responses per prompt from the current G
     samples = G.sample(gen, tok, [data.prompt_ids[i] for i in idx], cfg.n_samples, cfg.temperature,
                        cfg.max_response_len, cfg.gen_batch_size)
-    t_batch = teacher_batch(data, idx, tok.pad_token_id)
     s_batch = student_batch(data, idx, samples, cfg.n_samples, tok.pad_token_id)
     # 2.+3. D scores the samples with its pre-update weights (= rewards), then takes one BT step
-    train_d = not cfg.frozen_d and not (stage == "warmup" and cfg.no_d_warmup)
-    rewards, m = d_step(disc, d_opt, t_batch, s_batch, cfg, device, update=train_d)  # [B*n]
+    d_teacher = teacher_batch(data, idx, tok.pad_token_id, eos=False) if cfg.break_eos_symmetry else t_batch
+    rewards, m = d_step(disc, d_opt, d_teacher, s_batch, cfg, device, update=train_d)  # [B*n]
     if stage == "warmup":
         if step >= cfg.d_only_steps:
             m.update(sft_step(gen, g_opt, t_batch, cfg, device))

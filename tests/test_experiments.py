@@ -24,6 +24,8 @@ def test_all_experiments_tiny(tmp_path):
     assert set(qd) == {"seqkd", "gad"} and len(qd["gad"]) == len(res["quality_diversity"]["temperatures"])
     curves = res["frozen_d"]["curves"]
     assert curves["frozen D"][0]["judge_fidelity"] and curves["co-evolving D"][0]["reward_mean"]
+    for arm in ("frozen D", "co-evolving D"):  # both arms are judged during GAD, steps counted from GAD's start
+        assert [s for s, _ in curves[arm][0]["judge_fidelity"]][:2] == [0, 2], curves[arm][0]
     ms = res["mode_seeking"]
     for k in ("seqkd", "gad"):
         assert abs(sum(ms["distributions"][k][0]) - 1) < 1e-4

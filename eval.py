@@ -70,8 +70,8 @@ def checkpoint(run_dir, name):
     return None
 
 
-def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log=print):
-    """Judge every checkpoint found in run_dir plus the teacher; write run_dir/eval.json atomically.
+def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log=print, models=MODELS):
+    """Judge every checkpoint of `models` found in run_dir plus the teacher; write run_dir/eval.json atomically.
 
     Main metrics are on the in-domain "test" prompts; the same metrics on the out-of-domain topics
     are stored with an "ood_" prefix."""
@@ -80,7 +80,7 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
     import teacher as T
     splits = {"": world.prompts("test"), "ood_": world.prompts("ood")}
     results, examples = {}, {}
-    for name in MODELS:
+    for name in models:
         path = checkpoint(run_dir, name)
         if path is None:
             continue
@@ -294,10 +294,61 @@ def health(run_dir):
             f"kl {statistics.mean(kl):.3f} / {max(kl):.3f}")
 
 
+COMPARE_KEYS = ["d_acc", "d_gap", "reward_mean", "reward_group_std", "kl", "entropy", "response_length", "truncated"]
+
+
+def compare(run_dirs, keys=COMPARE_KEYS, window=22):
+    """Side-by-side health of runs (the labs): GAD-stage metrics from metrics.jsonl, mean over the first and the
+    last `window` GAD steps (first -> last), then the judge's numbers of the final student from eval.json."""
+    lines = ["| run | " + " | ".join(keys) + " | fidelity | ood_fidelity | length (eval) |",
+             "|---" * (len(keys) + 4) + "|"]
+    for d in run_dirs:
+        recs = [json.loads(x) for x in open(os.path.join(d, "metrics.jsonl")) if x.strip()]
+        g = [r for r in recs if r["stage"] == "gad"]
+        cells = []
+        for k in keys:
+            first = [r[k] for r in g[:window] if r.get(k) is not None]
+            last = [r[k] for r in g[-window:] if r.get(k) is not None]
+            cells.append(f"{statistics.mean(first):.3f} -> {statistics.mean(last):.3f}" if first and last else "-")
+        ev = json.load(open(os.path.join(d, "eval.json"))).get("gad", {}) if os.path.exists(
+            os.path.join(d, "eval.json")) else {}
+        cells += [f"{ev[k]:.3f}" if k in ev else "-" for k in ("fidelity", "ood_fidelity", "length")]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\n(GAD stage: mean of the first {window} steps -> mean of the last {window}; "
+                               "fidelity, ood_fidelity, length: the final GAD student on held-out prompts)")
+
+
+def plot_curves(run_dirs, path, keys=("d_acc", "reward_mean", "kl", "response_length", "truncated", "judge_fidelity")):
+    """One panel per metric, one line per run, over the GAD steps (smoothed over 11 steps); needs matplotlib."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8))
+    for d in run_dirs:
+        recs = [json.loads(x) for x in open(os.path.join(d, "metrics.jsonl")) if x.strip()]
+        g = [r for r in recs if r["stage"] == "gad"]
+        for ax, k in zip(axes, keys):
+            pts = [(r["step"] - g[0]["step"], r[k]) for r in g if r.get(k) is not None]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            w = 1 if k == "judge_fidelity" else min(11, len(ys))
+            smooth = [statistics.mean(ys[max(0, i - w + 1):i + 1]) for i in range(len(ys))]
+            ax.plot(xs, smooth, label=os.path.normpath(d))
+            ax.set_title(k, fontsize=9)
+            ax.set_xlabel("GAD step", fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dirs", nargs="+", help="run folder(s) written by train_gad.py (before/, gad/, seqkd/ ...)")
     ap.add_argument("--summary", action="store_true", help="only aggregate the runs' existing eval.json files")
+    ap.add_argument("--compare", action="store_true", help="side-by-side training health of the runs (the labs)")
+    ap.add_argument("--plot", default="", help="with --compare: also draw the GAD-stage curves to this PNG "
+                    "(needs matplotlib)")
     ap.add_argument("--test-data", default="", help="real models: JSONL/parquet of test prompts (content or prompt "
                     "column; teacher_response enables the overlap diagnostics)")
     ap.add_argument("--judge", default="", help="real models: the judge, openai:MODEL (key from $OPENAI_API_KEY)")
@@ -315,7 +366,18 @@ if __name__ == "__main__":
             sys.exit(f"eval.py: run folder not found: {d}")
         if a.summary and not os.path.exists(os.path.join(d, "eval.json")):
             sys.exit(f"eval.py: {os.path.join(d, 'eval.json')} not found (run eval.py {d} first)")
-    if a.summary:
+    if a.compare:
+        for d in a.run_dirs:
+            if not os.path.exists(os.path.join(d, "metrics.jsonl")):
+                sys.exit(f"eval.py: {os.path.join(d, 'metrics.jsonl')} not found (not a train_gad.py run folder?)")
+        print(compare(a.run_dirs))
+        if a.plot:
+            try:
+                plot_curves(a.run_dirs, a.plot)
+                print(f"curves: {a.plot}")
+            except ImportError:
+                print("--plot needs matplotlib: pip install -r requirements-plots.txt")
+    elif a.summary:
         print(summarize(a.run_dirs))
     elif a.test_data:
         import data as DATA

@@ -17,45 +17,59 @@ metrics.jsonl. The privileged judge only evaluates; it never trains anything.
   mode_seeking       a 10-class teacher with 3 modes fit by a discretised Gaussian: MLE vs GAD (paper Fig. 5)
 """
 import argparse
+import contextlib
+import gc
 import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
+import time
 
 import torch
 
 import checkpoint as C
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join("runs", "experiments")
 TEMPERATURES = [0.5, 0.7, 0.8, 1.0, 1.2]
 TINY = ["--pretrain-steps", "60", "--batch-prompts", "4", "--n-samples", "2", "--warmup-steps", "4",
         "--d-only-steps", "1", "--gad-steps", "4", "--seqkd-steps", "8", "--eval-samples", "1", "--save-every", "0"]
+ONLY_GAD = ["--mode", "gad", "--eval-models", "gad"]  # a variant's own result is its GAD student; the rest is shared
 METRICS = ["fidelity", "relevance", "length", "distinct_2", "modes", "ood_fidelity"]
 
 
 # ---------------------------------------------------------------------------- running train_gad.py
 def run(variant, seed, flags, tiny, log):
-    """Train (or reuse) one run; returns its folder. The starting student of a seed is shared."""
+    """Train (or reuse) one run; returns its folder. The starting student of a seed is shared.
+
+    The run is train_gad.main called in this process (it reseeds everything itself, so the result equals
+    `python train_gad.py ARGS`); its console output goes to <run>/train.log."""
+    import train_gad
     out = os.path.join(OUT, "runs", variant, f"seed{seed}")
     args = ["--seed", str(seed), "--out-dir", out, *(TINY if tiny else []), *flags]  # later flags win
     done = os.path.exists(os.path.join(out, "args.json")) and json.load(open(os.path.join(out, "args.json"))) == args
     if done:
         log(f"[experiments] reusing {out}")
         return out
-    shared = os.path.join(OUT, "runs", "start", f"seed{seed}" + ("-tiny" if tiny else ""), "before")
+    shared = os.path.join(OUT, "runs", "start", "tiny" if tiny else "default", "before")  # one start for all seeds
     embedded = "--student" not in flags
     if embedded and os.path.isdir(shared) and not os.path.isdir(os.path.join(out, "before")):
         shutil.copytree(shared, os.path.join(out, "before"))  # the same pretrained student: no need to redo it
     log(f"[experiments] python train_gad.py {' '.join(args)}")
-    p = subprocess.run([sys.executable, "train_gad.py", *args], cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"experiments.py: run {out} failed:\n{p.stderr[-3000:]}")
+    os.makedirs(out, exist_ok=True)
+    t0 = time.time()
+    with open(os.path.join(out, "train.log"), "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        try:
+            train_gad.main(args)
+            error = None
+        except SystemExit as e:  # train_gad reports bad input / a failed run this way
+            error = str(e)
+    if error:
+        raise SystemExit(f"experiments.py: run {out} failed: {error} (log: {out}/train.log)")
+    log(f"[experiments]   {time.time() - t0:.0f} s")
     if embedded and not os.path.isdir(shared):
         shutil.copytree(os.path.join(out, "before"), shared)
-    json.dump(args, open(os.path.join(out, "args.json"), "w"))
+    C.write_json(os.path.join(out, "args.json"), args)
+    gc.collect()
     return out
 
 
@@ -141,7 +155,7 @@ def warmup_ablation(seeds, tiny, log):
                 ["--no-d-warmup"]}
     rows = {}
     for label, flags in variants.items():
-        folders = [base(s, tiny, log) if not flags else run("ablation_" + flags[0].strip("-"), s, flags + ["--mode", "gad"],
+        folders = [base(s, tiny, log) if not flags else run("ablation_" + flags[0].strip("-"), s, flags + ONLY_GAD,
                                                               tiny, log) for s in seeds]
         rows[label] = [e["gad"] for e in evals(folders)]
     rows["SeqKD"] = [e["seqkd"] for e in evals([base(s, tiny, log) for s in seeds])]
@@ -151,7 +165,7 @@ def warmup_ablation(seeds, tiny, log):
 
 def bt_vs_bce(seeds, tiny, log):
     rows = {"BT": [e["gad"] for e in evals([base(s, tiny, log) for s in seeds])],
-            "BCE": [e["gad"] for e in evals([run("bce", s, ["--d-loss", "bce", "--mode", "gad"], tiny, log)
+            "BCE": [e["gad"] for e in evals([run("bce", s, ["--d-loss", "bce", *ONLY_GAD], tiny, log)
                                               for s in seeds])]}
     data, md = table(rows)
     return {"seeds": seeds, "results": data}, md, bar_plot(data)
@@ -166,10 +180,11 @@ def frozen_d(seeds, tiny, log):
         # D trained once against the SeqKD student (D-only warmup on its samples), then frozen; the frozen arm
         # starts from the same warmed-up generator as the co-evolving arm
         d_run = run("seqkd_discriminator", s, ["--student", os.path.join(co, "seqkd", "generator"), "--mode", "gad",
-                                               "--warmup-steps", warm, "--d-only-steps", warm, "--gad-steps", "0"],
+                                               "--warmup-steps", warm, "--d-only-steps", warm, "--gad-steps", "0",
+                                               "--eval-models", ""],
                     tiny, log)
         frozen.append(run("frozen_d", s, ["--init-from", os.path.join(co, "warmup"), "--frozen-d",
-                                          os.path.join(d_run, "gad", "discriminator"), "--mode", "gad",
+                                          os.path.join(d_run, "gad", "discriminator"), *ONLY_GAD,
                                           "--eval-every", every], tiny, log))
         coevolving.append(co)
     keys = ["reward_mean", "response_length", "judge_fidelity"]
@@ -287,6 +302,7 @@ def main(argv=None):
     except ImportError:
         plt = None
         print("[experiments] matplotlib not installed: JSON and markdown only (pip install -r requirements-plots.txt)")
+    t0 = time.time()
     for name in names:
         result, md, plot = EXPERIMENTS[name](a.seeds, a.tiny, print)
         result["tiny"] = a.tiny
@@ -304,6 +320,7 @@ def main(argv=None):
     parts = [open(os.path.join(OUT, n + ".md")).read() for n in EXPERIMENTS if os.path.exists(os.path.join(OUT, n + ".md"))]
     with open(os.path.join(OUT, "summary.md"), "w") as f:
         f.write("\n".join(parts))
+    print(f"[experiments] {', '.join(names)}: {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

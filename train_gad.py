@@ -46,6 +46,7 @@ CONFIG = {  # name: (default, meaning)
     "student": ("embedded", "'embedded' = pretrain the embedded world's student here; else any HF causal LM "
                 "(hub name or local folder)"),
     "pretrain_steps": (800, "embedded student: pretraining steps on the broad corpus (batch 64)"),
+    "pretrain_seed": (0, "embedded student: its pretraining seed (the same start for every --seed, as in the paper)"),
     "teacher": ("embedded", "embedded | openai:MODEL (any OpenAI-compatible endpoint) | hf:PATH (a local model)"),
     "teacher_base_url": ("", "base URL of the OpenAI-compatible endpoint; the key comes from $OPENAI_API_KEY"),
     "teacher_system_prompt": ("", "a system prompt only the teacher sees (context distillation)"),
@@ -88,6 +89,7 @@ CONFIG = {  # name: (default, meaning)
     "eval_every": (0, "embedded world: judge G on the test prompts every N steps and log judge_fidelity "
                       "(evaluation only; the judge never trains anything)"),
     "eval_samples": (4, "samples per held-out prompt at evaluation"),
+    "eval_models": ("before,warmup,seqkd,gad", "embedded world: the checkpoints judged at the end ('' = none)"),
     "eval_temperature": (0.8, "sampling temperature at evaluation (0 = greedy)"),
     "log_every": (22, "print a log line every this many steps"),
     "sample_every": (88, "print one (prompt / student / teacher) triple every this many steps"),
@@ -119,6 +121,9 @@ def parse_args(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.temperature <= 0:
         ap.error(f"--temperature must be > 0 for on-policy sampling, got {cfg.temperature}")
+    unknown = [m for m in cfg.eval_models.split(",") if m and m not in ("before", "warmup", "seqkd", "gad")]
+    if unknown:
+        ap.error(f"--eval-models: unknown checkpoint(s) {', '.join(unknown)} (choose from before,warmup,seqkd,gad)")
     if cfg.prompts and cfg.teacher_data:
         ap.error("give --prompts (to send to a teacher) or --teacher-data (already answered), not both")
     if cfg.init_from:
@@ -442,7 +447,8 @@ def main(argv=None):
 
     if cfg.student == "embedded" and cfg.teacher == "embedded" and not (cfg.prompts or cfg.teacher_data):
         import eval as E
-        E.evaluate(cfg.out_dir, cfg.eval_samples, cfg.eval_temperature, cfg.max_response_len, cfg.seed, log=log)
+        E.evaluate(cfg.out_dir, cfg.eval_samples, cfg.eval_temperature, cfg.max_response_len, cfg.seed, log=log,
+                   models=[m for m in cfg.eval_models.split(",") if m])
     else:
         log(f"[eval] judge this run with: python eval.py {cfg.out_dir} --test-data TEST.jsonl --judge openai:MODEL")
     log(f"[done] {time.time() - t_start:.0f} s; everything is in {cfg.out_dir}")

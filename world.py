@@ -241,7 +241,9 @@ def starting_student(cfg, log):
             raise SystemExit(f"train_gad.py: --student: model folder not found: {cfg.student}")
         return cfg.student
     path = os.path.join(cfg.out_dir, "before", "generator")
-    spec = {"seed": cfg.seed, "pretrain_steps": cfg.pretrain_steps, "world": "embedded:world-v1"}
+    # one fixed starting student for every --seed, as the paper starts every run from the same checkpoint;
+    # --seed varies the distillation, --pretrain-seed the student
+    spec = {"seed": cfg.pretrain_seed, "pretrain_steps": cfg.pretrain_steps, "world": "embedded:world-v1"}
     marker = os.path.join(path, "world.json")
     if os.path.exists(marker) and json.load(open(marker)) == spec:
         log(f"[world] reusing the pretrained starting student in {path}")
@@ -249,7 +251,7 @@ def starting_student(cfg, log):
     log(f"[world] pretraining the starting student ({cfg.pretrain_steps} steps)")
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    build_student(tmp, seed=cfg.seed, steps=cfg.pretrain_steps, log=log)
+    build_student(tmp, seed=cfg.pretrain_seed, steps=cfg.pretrain_steps, log=log)
     with open(os.path.join(tmp, "world.json"), "w") as f:
         json.dump(spec, f)
     shutil.rmtree(path, ignore_errors=True)

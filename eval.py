@@ -300,8 +300,8 @@ COMPARE_KEYS = ["d_acc", "d_gap", "reward_mean", "reward_group_std", "kl", "entr
 def compare(run_dirs, keys=COMPARE_KEYS, window=22):
     """Side-by-side health of runs (the labs): GAD-stage metrics from metrics.jsonl, mean over the first and the
     last `window` GAD steps (first -> last), then the judge's numbers of the final student from eval.json."""
-    lines = ["| run | " + " | ".join(keys) + " | fidelity | ood_fidelity | length (eval) |",
-             "|---" * (len(keys) + 4) + "|"]
+    lines = ["| run | " + " | ".join(keys) + " | fidelity | ood_fidelity | length (eval) | modes |",
+             "|---" * (len(keys) + 5) + "|"]
     for d in run_dirs:
         recs = [json.loads(x) for x in open(os.path.join(d, "metrics.jsonl")) if x.strip()]
         g = [r for r in recs if r["stage"] == "gad"]
@@ -312,10 +312,10 @@ def compare(run_dirs, keys=COMPARE_KEYS, window=22):
             cells.append(f"{statistics.mean(first):.3f} -> {statistics.mean(last):.3f}" if first and last else "-")
         ev = json.load(open(os.path.join(d, "eval.json"))).get("gad", {}) if os.path.exists(
             os.path.join(d, "eval.json")) else {}
-        cells += [f"{ev[k]:.3f}" if k in ev else "-" for k in ("fidelity", "ood_fidelity", "length")]
+        cells += [f"{ev[k]:.3f}" if k in ev else "-" for k in ("fidelity", "ood_fidelity", "length", "modes")]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + (f"\n\n(GAD stage: mean of the first {window} steps -> mean of the last {window}; "
-                               "fidelity, ood_fidelity, length: the final GAD student on held-out prompts)")
+                               "fidelity, ood_fidelity, length, modes: the final GAD student on held-out prompts)")
 
 
 def plot_curves(run_dirs, path, keys=("d_acc", "reward_mean", "kl", "response_length", "truncated", "judge_fidelity")):

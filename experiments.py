@@ -1,13 +1,18 @@
 """The paper's findings in miniature, on the embedded world: one command, several seeds, JSON + plots.
 
-    python experiments.py all                 # every experiment, seeds 0 1 2 (~25 min on 2 CPU cores)
+    python experiments.py all                 # every experiment, seeds 0 1 2 (~8 default runs of compute; see README)
     python experiments.py warmup_ablation     # one experiment
     python experiments.py all --tiny          # seconds: a smoke test of the machinery (numbers meaningless)
 
 Writes runs/experiments/<name>.json, <name>.png (with matplotlib: pip install -r requirements-plots.txt)
-and runs/experiments/summary.md. Training runs go to runs/experiments/runs/<variant>/seed<k>/; a run whose
-eval.json already exists with the same flags is reused, not retrained. Curves come from each run's
-metrics.jsonl. The privileged judge only evaluates; it never trains anything.
+and runs/experiments/summary.md. Training runs go to runs/experiments/runs/<variant>/seed<k>/ (console
+output in its train.log); a finished run with the same flags is reused, not retrained. Curves come from
+each run's metrics.jsonl. The privileged judge only evaluates; it never trains anything.
+
+Nothing is computed twice: the default run of each seed (gad_seqkd, judged every 22 steps, which leaves
+training unchanged) is table2's row, the ablations' GAD and SeqKD rows, BT's row and frozen_d's co-evolving
+arm; the frozen arm starts from that run's warmup checkpoint; every seed starts from the same pretrained
+student; a variant judges only its own GAD student.
 
   table2             GAD vs SeqKD vs start vs teacher (paper Table 2)
   quality_diversity  fidelity vs distinct-2 for SeqKD and GAD sampled at several temperatures (not in the paper)

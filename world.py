@@ -244,16 +244,31 @@ def starting_student(cfg, log):
     # one fixed starting student for every --seed, as the paper starts every run from the same checkpoint;
     # --seed varies the distillation, --pretrain-seed the student
     spec = {"seed": cfg.pretrain_seed, "pretrain_steps": cfg.pretrain_steps, "world": "embedded:world-v1"}
-    marker = os.path.join(path, "world.json")
-    if os.path.exists(marker) and json.load(open(marker)) == spec:
+    # runs under the same parent folder share it: runs/.starting_student/<spec>/ (3 MB), copied into before/
+    shared = os.path.join(os.path.dirname(os.path.abspath(cfg.out_dir)), ".starting_student",
+                          f"pretrain{cfg.pretrain_seed}-steps{cfg.pretrain_steps}")
+
+    def ready(folder):
+        marker = os.path.join(folder, "world.json")
+        return os.path.exists(marker) and json.load(open(marker)) == spec
+
+    if ready(path):
         log(f"[world] reusing the pretrained starting student in {path}")
         return path
-    log(f"[world] pretraining the starting student ({cfg.pretrain_steps} steps)")
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    build_student(tmp, seed=cfg.pretrain_seed, steps=cfg.pretrain_steps, log=log)
-    with open(os.path.join(tmp, "world.json"), "w") as f:
-        json.dump(spec, f)
+    if ready(shared):
+        log(f"[world] copying the pretrained starting student from {shared}")
+        shutil.copytree(shared, tmp)
+    else:
+        log(f"[world] pretraining the starting student ({cfg.pretrain_steps} steps)")
+        build_student(tmp, seed=cfg.pretrain_seed, steps=cfg.pretrain_steps, log=log)
+        with open(os.path.join(tmp, "world.json"), "w") as f:
+            json.dump(spec, f)
+        shared_tmp = f"{shared}.tmp{os.getpid()}"
+        shutil.copytree(tmp, shared_tmp)
+        shutil.rmtree(shared, ignore_errors=True)
+        os.replace(shared_tmp, shared)  # atomic: a half-copied student is never "ready"
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path

@@ -208,7 +208,7 @@ def frozen_d(seeds, tiny, log):
                     ax.plot(xs, ys, style, color="C0" if label.startswith("co") else "C3", alpha=0.8,
                             label=label if k == 0 else None)
             ax.set_title(key, fontsize=9)
-            ax.set_xlabel("step")
+            ax.set_xlabel("GAD step")
         ax.legend(fontsize=7)
     return {"seeds": seeds, "curves": data, "results": res}, md, plot
 

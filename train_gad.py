@@ -16,7 +16,7 @@ SeqKD    the baseline: SFT on the same teacher data, same start, same number of 
 
 What is simplified relative to the paper (see README "Simplifications"):
   - one optimiser step per rollout batch (as the paper), so the PPO ratio is 1; no micro-batching
-  - the defaults are sized for a 2-core CPU and a ~0.2M-parameter student; the paper's learning rates
+  - the defaults are sized for a 2-core CPU and a 0.8M-parameter student; the paper's learning rates
     (1e-6) and grad clip (0.2) are for 3-14B models and are overridable flags here
   - SeqKD trains for a fixed number of steps (the paper keeps the best of 3 epochs)
 """
@@ -42,7 +42,7 @@ import world
 CONFIG = {  # name: (default, meaning)
     "out_dir": ("runs/default", "everything of the run goes here"),
     "mode": ("all", "all = GAD + SeqKD + eval; gad = GAD + eval; seqkd = SeqKD baseline + eval"),
-    "seed": (0, "seed for data order, sampling, initialisation and the teacher's randomness"),
+    "seed": (0, "seed for data order, sampling, D's new head and the teacher (not the start: --pretrain-seed)"),
     "student": ("embedded", "'embedded' = pretrain the embedded world's student here; else any HF causal LM "
                 "(hub name or local folder)"),
     "pretrain_steps": (800, "embedded student: pretraining steps on the broad corpus (batch 64)"),

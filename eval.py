@@ -279,13 +279,17 @@ def summarize(run_dirs, keys=("fidelity", "relevance", "length", "distinct_2", "
     return "\n".join(lines) + f"\n\n({len(evals)} runs: {', '.join(run_dirs)})"
 
 
+def stage_records(run_dir, stage):
+    """The metrics.jsonl records of one stage (warmup, gad or seqkd) of a run, in step order."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, filter(str.strip, f)) if r["stage"] == stage]
+
+
 def health(run_dir):
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
         return "no metrics.jsonl"
-    recs = [json.loads(x) for x in open(path) if x.strip()]
-    w = [r["d_acc"] for r in recs if r["stage"] == "warmup"]
-    g = [r for r in recs if r["stage"] == "gad"]
+    w = [r["d_acc"] for r in stage_records(run_dir, "warmup")]
+    g = stage_records(run_dir, "gad")
     if not w or not g:
         return "no warmup / GAD steps"
     kl = [r["kl"] for r in g if r.get("kl") is not None]
@@ -303,8 +307,7 @@ def compare(run_dirs, keys=COMPARE_KEYS, window=22):
     lines = ["| run | " + " | ".join(keys) + " | fidelity | ood_fidelity | length (eval) | modes |",
              "|---" * (len(keys) + 5) + "|"]
     for d in run_dirs:
-        recs = [json.loads(x) for x in open(os.path.join(d, "metrics.jsonl")) if x.strip()]
-        g = [r for r in recs if r["stage"] == "gad"]
+        g = stage_records(d, "gad")
         cells = []
         for k in keys:
             first = [r[k] for r in g[:window] if r.get(k) is not None]
@@ -325,8 +328,7 @@ def plot_curves(run_dirs, path, keys=("d_acc", "reward_mean", "kl", "response_le
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8))
     for d in run_dirs:
-        recs = [json.loads(x) for x in open(os.path.join(d, "metrics.jsonl")) if x.strip()]
-        g = [r for r in recs if r["stage"] == "gad"]
+        g = stage_records(d, "gad")
         for ax, k in zip(axes, keys):
             pts = [(r["step"] - g[0]["step"], r[k]) for r in g if r.get(k) is not None]
             if not pts:

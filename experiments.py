@@ -103,8 +103,8 @@ def table(rows, metrics=METRICS):
 
 def curves(folder, stage_keys):
     """{key: [(GAD step, value)]} for the GAD stage of a run's metrics.jsonl (steps counted from its start)."""
-    recs = [json.loads(x) for x in open(os.path.join(folder, "metrics.jsonl")) if '"gad"' in x]
-    recs = [r for r in recs if r["stage"] == "gad"]
+    import eval as E
+    recs = E.stage_records(folder, "gad")
     first = recs[0]["step"] if recs else 0
     return {k: [(r["step"] - first, r[k]) for r in recs if r.get(k) is not None] for k in stage_keys}
 

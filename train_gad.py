@@ -96,6 +96,9 @@ CONFIG = {  # name: (default, meaning)
 }
 
 
+CHOICES = {"mode": ("all", "gad", "seqkd"), "d_loss": ("bt", "bce")}
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, (default, meaning) in CONFIG.items():
@@ -103,14 +106,10 @@ def parse_args(argv=None):
             ap.add_argument("--" + name.replace("_", "-"), action="store_true", help=meaning)
         else:
             ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                            help=f"{meaning} (default: {default!r})")
+                            choices=CHOICES.get(name), help=f"{meaning} (default: {default!r})")
     cfg = ap.parse_args(argv)
     if cfg.seqkd_steps < 0:
         cfg.seqkd_steps = cfg.warmup_steps + cfg.gad_steps
-    if cfg.mode not in ("all", "gad", "seqkd"):
-        ap.error(f"--mode must be all, gad or seqkd, got {cfg.mode!r}")
-    if cfg.d_loss not in ("bt", "bce"):
-        ap.error(f"--d-loss must be bt or bce, got {cfg.d_loss!r}")
     if cfg.n_samples < 2:
         ap.error(f"--n-samples must be >= 2 for group-normalised advantages, got {cfg.n_samples}")
     for lr in ("lr_warmup", "lr_gad", "lr_d", "lr_seqkd"):
@@ -121,9 +120,8 @@ def parse_args(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.temperature <= 0:
         ap.error(f"--temperature must be > 0 for on-policy sampling, got {cfg.temperature}")
-    unknown = [m for m in cfg.eval_models.split(",") if m and m not in ("before", "warmup", "seqkd", "gad")]
-    if unknown:
-        ap.error(f"--eval-models: unknown checkpoint(s) {', '.join(unknown)} (choose from before,warmup,seqkd,gad)")
+    if set(cfg.eval_models.split(",")) - {"", "before", "warmup", "seqkd", "gad"}:
+        ap.error(f"--eval-models: choose from before,warmup,seqkd,gad (comma-separated), got {cfg.eval_models!r}")
     if cfg.prompts and cfg.teacher_data:
         ap.error("give --prompts (to send to a teacher) or --teacher-data (already answered), not both")
     if cfg.init_from:
@@ -377,9 +375,8 @@ def load_models(path, cfg, device, with_discriminator):
     gen = AutoModelForCausalLM.from_pretrained(path, **kw).to(device)
     disc = D.Discriminator.from_pretrained(path, **kw).to(device) if with_discriminator else None
     if cfg.gradient_checkpointing:
-        for m in (gen, disc.backbone if disc else None):
-            if m is not None:  # transformers 5 renamed it; older releases have only the first name
-                getattr(m, "activation_checkpointing_enable", m.gradient_checkpointing_enable)()
+        for m in [gen] + ([disc.backbone] if disc else []):  # transformers 5 renamed it; older: the 2nd name
+            getattr(m, "activation_checkpointing_enable", m.gradient_checkpointing_enable)()
     return gen, disc
 
 

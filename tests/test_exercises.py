@@ -12,6 +12,27 @@ import check  # noqa: E402
 
 HEAD = "import torch\nimport torch.nn.functional as F\n"
 
+# a correct exercise-5 step; the planted bugs below each change one thing in it
+STEP5 = """
+import generator as G
+from train_gad import d_step, g_step, sft_step, student_batch, teacher_batch
+def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device):
+    t_batch = teacher_batch(data, idx, tok.pad_token_id)
+    samples = G.sample(gen, tok, [data.prompt_ids[i] for i in idx], cfg.n_samples, cfg.temperature,
+                       cfg.max_response_len, cfg.gen_batch_size)
+    s_batch = student_batch(data, idx, samples, cfg.n_samples, tok.pad_token_id)
+    rewards, m = d_step(disc, d_opt, t_batch, s_batch, cfg, device, update=not cfg.frozen_d)
+    if stage == "warmup":
+        if step >= cfg.d_only_steps:
+            m.update(sft_step(gen, g_opt, t_batch, cfg, device))
+    else:
+        advantages = G.group_advantages(rewards, cfg.n_samples)
+        m.update(g_step(gen, ref, g_opt, s_batch, advantages, cfg, device))
+        m.update(reward_mean=rewards.mean().item())
+    m.update(G.sample_metrics(samples, tok.eos_token_id))
+    return m, samples
+"""
+
 # (exercise, planted bug, source of the learner's wrong version)
 PLANTED = [
     (1, "flipped sign", """
@@ -72,59 +93,13 @@ PLANTED = [
     (4, "right padding only", """
         def last_token_index(mask):
             return mask.sum(-1) - 1"""),
-    (5, "rewards re-scored after D's update", """
-        import generator as G
-        from train_gad import d_step, g_step, sft_step, student_batch, teacher_batch
-        def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device):
-            t_batch = teacher_batch(data, idx, tok.pad_token_id)
-            samples = G.sample(gen, tok, [data.prompt_ids[i] for i in idx], cfg.n_samples, cfg.temperature,
-                               cfg.max_response_len, cfg.gen_batch_size)
-            s_batch = student_batch(data, idx, samples, cfg.n_samples, tok.pad_token_id)
-            _, m = d_step(disc, d_opt, t_batch, s_batch, cfg, device, update=not cfg.frozen_d)
-            if stage == "warmup":
-                if step >= cfg.d_only_steps:
-                    m.update(sft_step(gen, g_opt, t_batch, cfg, device))
-            else:
-                rewards = disc(G.to(s_batch, device)).detach()
-                m.update(g_step(gen, ref, g_opt, s_batch, G.group_advantages(rewards, cfg.n_samples), cfg, device))
-                m.update(reward_mean=rewards.mean().item())
-            m.update(G.sample_metrics(samples, tok.eos_token_id))
-            return m, samples"""),
-    (5, "G moves during the D-only steps, frozen D updated", """
-        import generator as G
-        from train_gad import d_step, g_step, sft_step, student_batch, teacher_batch
-        def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device):
-            t_batch = teacher_batch(data, idx, tok.pad_token_id)
-            samples = G.sample(gen, tok, [data.prompt_ids[i] for i in idx], cfg.n_samples, cfg.temperature,
-                               cfg.max_response_len, cfg.gen_batch_size)
-            s_batch = student_batch(data, idx, samples, cfg.n_samples, tok.pad_token_id)
-            rewards, m = d_step(disc, d_opt, t_batch, s_batch, cfg, device)
-            if stage == "warmup":
-                m.update(sft_step(gen, g_opt, t_batch, cfg, device))
-            else:
-                advantages = G.group_advantages(rewards, cfg.n_samples)
-                m.update(g_step(gen, ref, g_opt, s_batch, advantages, cfg, device))
-                m.update(reward_mean=rewards.mean().item())
-            m.update(G.sample_metrics(samples, tok.eos_token_id))
-            return m, samples"""),
-    (5, "advantages over the wrong groups", """
-        import generator as G
-        from train_gad import d_step, g_step, sft_step, student_batch, teacher_batch
-        def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device):
-            t_batch = teacher_batch(data, idx, tok.pad_token_id)
-            samples = G.sample(gen, tok, [data.prompt_ids[i] for i in idx], cfg.n_samples, cfg.temperature,
-                               cfg.max_response_len, cfg.gen_batch_size)
-            s_batch = student_batch(data, idx, samples, cfg.n_samples, tok.pad_token_id)
-            rewards, m = d_step(disc, d_opt, t_batch, s_batch, cfg, device, update=not cfg.frozen_d)
-            if stage == "warmup":
-                if step >= cfg.d_only_steps:
-                    m.update(sft_step(gen, g_opt, t_batch, cfg, device))
-            else:
-                advantages = G.group_advantages(rewards, cfg.batch_prompts)
-                m.update(g_step(gen, ref, g_opt, s_batch, advantages, cfg, device))
-                m.update(reward_mean=rewards.mean().item())
-            m.update(G.sample_metrics(samples, tok.eos_token_id))
-            return m, samples"""),
+    (5, "rewards re-scored after D's update", STEP5.replace(
+        "advantages = G.group_advantages(rewards, cfg.n_samples)",
+        "rewards = disc(G.to(s_batch, device)).detach()\n        advantages = G.group_advantages(rewards, cfg.n_samples)")),
+    (5, "G moves during the D-only steps, frozen D updated", STEP5.replace(
+        "if step >= cfg.d_only_steps:", "if True:").replace("update=not cfg.frozen_d", "update=True")),
+    (5, "advantages over the wrong groups", STEP5.replace("group_advantages(rewards, cfg.n_samples)",
+                                                          "group_advantages(rewards, cfg.batch_prompts)")),
 ]
 
 
@@ -137,6 +112,13 @@ def test_project_passes(n, capsys):
 def test_shipped_skeleton_fails_with_not_written(n, capsys):
     assert check.main([str(n), "--quick"]) == 1
     assert "not written yet" in capsys.readouterr().out
+
+
+def test_the_unplanted_step5_passes(tmp_path, capsys):
+    """The base the exercise-5 bugs are planted in is itself correct, so each failure below is the bug's."""
+    f = tmp_path / "right5.py"
+    f.write_text(HEAD + STEP5)
+    assert check.main(["5", "--file", str(f), "--quick"]) == 0, capsys.readouterr().out
 
 
 @pytest.mark.parametrize("n,bug,src", PLANTED, ids=[f"{n}-{bug}" for n, bug, _ in PLANTED])

@@ -96,9 +96,6 @@ CONFIG = {  # name: (default, meaning)
 }
 
 
-CHOICES = {"mode": ("all", "gad", "seqkd"), "d_loss": ("bt", "bce")}
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, (default, meaning) in CONFIG.items():
@@ -106,10 +103,14 @@ def parse_args(argv=None):
             ap.add_argument("--" + name.replace("_", "-"), action="store_true", help=meaning)
         else:
             ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                            choices=CHOICES.get(name), help=f"{meaning} (default: {default!r})")
+                            help=f"{meaning} (default: {default!r})")
     cfg = ap.parse_args(argv)
     if cfg.seqkd_steps < 0:
         cfg.seqkd_steps = cfg.warmup_steps + cfg.gad_steps
+    if cfg.mode not in ("all", "gad", "seqkd"):
+        ap.error(f"--mode must be all, gad or seqkd, got {cfg.mode!r}")
+    if cfg.d_loss not in ("bt", "bce"):
+        ap.error(f"--d-loss must be bt or bce, got {cfg.d_loss!r}")
     if cfg.n_samples < 2:
         ap.error(f"--n-samples must be >= 2 for group-normalised advantages, got {cfg.n_samples}")
     for lr in ("lr_warmup", "lr_gad", "lr_d", "lr_seqkd"):

@@ -99,7 +99,7 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
         texts = [r for m in prompts for r in teacher.respond(m, samples)]
         m = {**judge_responses(prompts, texts, samples), "finished": 1.0}
         results["teacher"].update({prefix + k: v for k, v in m.items()})
-        examples[prefix]["teacher"] = texts[::samples]
+        examples.setdefault(prefix, {})["teacher"] = texts[::samples]
     results["_config"] = {"samples_per_prompt": samples, "temperature": temperature, "seed": seed,
                           "prompts": {"test": len(splits[""]), "ood": len(splits["ood_"])}}
     C.write_json(os.path.join(run_dir, "eval.json"), results)  # temp file, then rename

@@ -1,6 +1,6 @@
 """The paper's findings in miniature, on the embedded world: one command, several seeds, JSON + plots.
 
-    python experiments.py all                 # every experiment, seeds 0 1 2 (~8 default runs of compute; see README)
+    python experiments.py all                 # every experiment, seeds 0 1 2 (~20-25 min on a 2-core CPU; README)
     python experiments.py warmup_ablation     # one experiment
     python experiments.py all --tiny          # seconds: a smoke test of the machinery (numbers meaningless)
 
@@ -9,10 +9,16 @@ and runs/experiments/summary.md. Training runs go to runs/experiments/runs/<vari
 output in its train.log); a finished run with the same flags is reused, not retrained. Curves come from
 each run's metrics.jsonl. The privileged judge only evaluates; it never trains anything.
 
-Nothing is computed twice: the default run of each seed (gad_seqkd, judged every 22 steps, which leaves
-training unchanged) is table2's row, the ablations' GAD and SeqKD rows, BT's row and frozen_d's co-evolving
-arm; the frozen arm starts from that run's warmup checkpoint; every seed starts from the same pretrained
-student; a variant judges only its own GAD student.
+How it fits in 30 minutes on 2 cores:
+  - the suite's one change to the defaults is SUITE below: groups of n = 4 samples (paper and default: 8),
+    which halves the cost of a step (README "Experiments" says what that changes);
+  - every experiment first declares its runs; then all runs are trained, --workers at a time, each in its own
+    process on one CPU thread (one thread or two give bit-identical numbers; two one-thread runs side by side
+    do ~1.35x the work of one two-thread run on this CPU); a run starts once the runs it reads are finished;
+  - nothing is computed twice: the base run of each seed (GAD + SeqKD, judged every 22 steps, which leaves
+    training unchanged) is table2's row, the ablations' GAD and SeqKD rows, BT's row and frozen_d's
+    co-evolving arm; the frozen arm starts from that run's warmup checkpoint; every seed starts from the same
+    pretrained student; a variant judges only its own GAD student.
 
   table2             GAD vs SeqKD vs start vs teacher (paper Table 2)
   quality_diversity  fidelity vs distinct-2 for SeqKD and GAD sampled at several temperatures (not in the paper)
@@ -22,9 +28,10 @@ student; a variant judges only its own GAD student.
   mode_seeking       a 10-class teacher with 3 modes fit by a discretised Gaussian: MLE vs GAD (paper Fig. 5)
 """
 import argparse
+import concurrent.futures as futures
 import contextlib
-import gc
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -35,55 +42,151 @@ import torch
 import checkpoint as C
 
 OUT = os.path.join("runs", "experiments")
+SUITE = ["--n-samples", "4"]  # every run of the suite: GRPO groups of 4 (default 8) to fit 30 minutes on 2 cores
 TEMPERATURES = [0.5, 0.7, 0.8, 1.0, 1.2]
 TINY = ["--pretrain-steps", "60", "--batch-prompts", "4", "--n-samples", "2", "--warmup-steps", "4",
         "--d-only-steps", "1", "--gad-steps", "4", "--seqkd-steps", "8", "--eval-samples", "1", "--save-every", "0"]
 ONLY_GAD = ["--mode", "gad", "--eval-models", "gad"]  # a variant's own result is its GAD student; the rest is shared
 METRICS = ["fidelity", "relevance", "length", "distinct_2", "modes", "ood_fidelity"]
+JOBS = {}  # output path -> (kind, arguments): declared by the experiments, done by train_all
 
 
-# ---------------------------------------------------------------------------- running train_gad.py
-def run(variant, seed, flags, tiny, log):
-    """Train (or reuse) one run; returns its folder. The starting student of a seed is shared.
-
-    The run is train_gad.main called in this process (it reseeds everything itself, so the result equals
-    `python train_gad.py ARGS`); its console output goes to <run>/train.log."""
-    import train_gad
+# ---------------------------------------------------------------------------- declaring runs
+def run(variant, seed, flags, tiny):
+    """Declare one training run, `python train_gad.py --seed SEED --out-dir FOLDER SUITE [TINY] FLAGS`;
+    returns its folder (trained by train_all)."""
     out = os.path.join(OUT, "runs", variant, f"seed{seed}")
-    args = ["--seed", str(seed), "--out-dir", out, *(TINY if tiny else []), *flags]  # later flags win
-    done = os.path.exists(os.path.join(out, "args.json")) and json.load(open(os.path.join(out, "args.json"))) == args
-    if done:
-        log(f"[experiments] reusing {out}")
-        return out
-    shared = os.path.join(OUT, "runs", "start", "tiny" if tiny else "default", "before")  # one start for all seeds
-    embedded = "--student" not in flags
-    if embedded and os.path.isdir(shared) and not os.path.isdir(os.path.join(out, "before")):
-        shutil.copytree(shared, os.path.join(out, "before"))  # the same pretrained student: no need to redo it
-    log(f"[experiments] python train_gad.py {' '.join(args)}")
-    os.makedirs(out, exist_ok=True)
-    t0 = time.time()
-    with open(os.path.join(out, "train.log"), "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        try:
-            train_gad.main(args)
-            error = None
-        except SystemExit as e:  # train_gad reports bad input / a failed run this way
-            error = str(e)
-    if error:
-        raise SystemExit(f"experiments.py: run {out} failed: {error} (log: {out}/train.log)")
-    log(f"[experiments]   {time.time() - t0:.0f} s")
-    if embedded and not os.path.isdir(shared):
-        shutil.copytree(os.path.join(out, "before"), shared)
-    C.write_json(os.path.join(out, "args.json"), args)
-    gc.collect()
+    JOBS[out] = ("train", ["--seed", str(seed), "--out-dir", out, *SUITE, *(TINY if tiny else []), *flags])
     return out
 
 
-def base(seed, tiny, log):
-    """The default run of a seed (GAD + SeqKD), judged every 22 steps: table2's row and frozen_d's co-evolving arm.
+def base(seed, tiny):
+    """The base run of a seed (GAD + SeqKD), judged every 22 steps: table2's row and frozen_d's co-evolving arm.
     The judge restores the RNG state, so --eval-every leaves training unchanged."""
-    return run("gad_seqkd", seed, ["--eval-every", "2" if tiny else "22"], tiny, log)
+    return run("gad_seqkd", seed, ["--eval-every", "2" if tiny else "22"], tiny)
 
 
+def sweep(seed, tiny):
+    """Declare the temperature sweep of a base run's SeqKD and GAD students; returns its JSON path."""
+    path = os.path.join(base(seed, tiny), "temperature_sweep.json")
+    JOBS[path] = ("sweep", [base(seed, tiny), seed, tiny])
+    return path
+
+
+# ---------------------------------------------------------------------------- doing them, in parallel
+def start_folder(tiny):
+    return os.path.join(OUT, "runs", "start", "tiny" if tiny else "default")
+
+
+def is_done(path, job):
+    kind, args = job
+    if kind == "train":
+        marker = os.path.join(path, "args.json")
+        return os.path.exists(marker) and json.load(open(marker)) == args
+    if kind == "sweep":
+        return os.path.exists(path) and json.load(open(path))["temperatures"] == TEMPERATURES
+    return os.path.exists(os.path.join(path, "before", "generator", "world.json"))  # "start"
+
+
+def dependencies(path, job, pending):
+    """The pending jobs this one reads: those whose folder appears in its arguments (and the shared start)."""
+    kind, args = job
+    deps = {p for p in pending if p != path and any(isinstance(a, str) and (a == p or a.startswith(p + os.sep))
+                                                    for a in args)}
+    if kind == "train" and "--student" not in args:
+        deps |= {p for p in pending if pending[p][0] == "start"}
+    return deps
+
+
+def train_all(workers, tiny, log):
+    """Do every declared job that is not done yet, `workers` processes at a time, one CPU thread each."""
+    pending = {p: j for p, j in JOBS.items() if not is_done(p, j)}
+    while True:  # a job that reads a job to be (re)done is redone too
+        stale = {p: j for p, j in JOBS.items() if p not in pending and dependencies(p, j, pending)}
+        if not stale:
+            break
+        pending.update(stale)
+    if any(k == "train" and "--student" not in a for k, a in pending.values()):
+        start = start_folder(tiny)
+        if not is_done(start, ("start", [tiny])):
+            pending[start] = ("start", [tiny])
+    running, t0 = {}, time.time()  # future -> (path, job)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch threads
+    with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=torch.set_num_threads,
+                                     initargs=(1,)) as pool:
+        while pending or running:
+            unfinished = {**pending, **dict(running.values())}
+            ready = [p for p, j in pending.items() if not dependencies(p, j, unfinished)]
+            needed = set().union(*[dependencies(p, j, unfinished) for p, j in pending.items()])
+            for path in sorted(ready, key=lambda p: p not in needed)[:workers - len(running)]:  # unblockers first
+                job = pending.pop(path)
+                log(f"[experiments] start: {describe(path, job)}")
+                running[pool.submit(work, path, job, start_folder(tiny))] = (path, job)
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for f in done:
+                path, job = running.pop(f)
+                error, seconds = f.result()
+                if error:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise SystemExit(f"experiments.py: {path} failed: {error} (log: {log_file(path, job)})")
+                log(f"[experiments] done in {seconds:.0f} s: {path}")
+    log(f"[experiments] every run is ready ({time.time() - t0:.0f} s)")
+
+
+def describe(path, job):
+    kind, args = job
+    if kind == "train":
+        return "python train_gad.py " + " ".join(args)
+    return f"temperature sweep of {args[0]}" if kind == "sweep" else f"pretraining the shared start in {path}"
+
+
+def log_file(path, job):
+    return path[:-len(".json")] + ".log" if job[0] == "sweep" else os.path.join(path, "train.log")
+
+
+def work(path, job, start):
+    """One job, in a worker process; returns (error or None, seconds). Its output goes to its log file."""
+    import train_gad
+    kind, args = job
+    t0 = time.time()
+    os.makedirs(os.path.dirname(path) if kind == "sweep" else path, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):  # the "done" marker goes until the job is done again
+        os.remove(path if kind == "sweep" else os.path.join(path, "args.json"))
+    if kind == "train" and "--student" not in args and not os.path.isdir(os.path.join(path, "before")):
+        shutil.copytree(os.path.join(start, "before"), os.path.join(path, "before"))  # the shared start
+    with open(log_file(path, job), "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        try:
+            if kind == "train":
+                train_gad.main(args)
+                C.write_json(os.path.join(path, "args.json"), args)
+            elif kind == "sweep":
+                C.write_json(path, temperature_sweep(*args))
+            else:
+                import world
+                world.starting_student(train_gad.parse_args(["--out-dir", path, *(TINY if args[0] else [])]), print)
+        except SystemExit as e:  # train_gad reports bad input / a failed run this way
+            return str(e), time.time() - t0
+    return None, time.time() - t0
+
+
+def temperature_sweep(folder, seed, tiny):
+    """Judge a base run's SeqKD and GAD students on the test prompts at each of TEMPERATURES."""
+    import eval as E
+    import world
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    prompts, points = world.prompts("test"), {"temperatures": TEMPERATURES}
+    for model in ("seqkd", "gad"):
+        path = os.path.join(folder, model, "generator")
+        tok, gen = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+        for t in TEMPERATURES:
+            torch.manual_seed(seed)
+            texts, _ = E.student_responses(gen, tok, prompts, 1 if tiny else 4, t, 40)
+            m = E.judge_responses(prompts, texts, 1 if tiny else 4)
+            points.setdefault(model, {})[str(t)] = {k: m[k] for k in ("fidelity", "distinct_2", "modes")}
+    return points
+
+
+# ---------------------------------------------------------------------------- reading results
 def evals(folders):
     return [json.load(open(os.path.join(f, "eval.json"))) for f in folders]
 
@@ -110,32 +213,27 @@ def curves(folder, stage_keys):
 
 
 # ---------------------------------------------------------------------------- the experiments
-def table2(seeds, tiny, log):
-    runs = [base(s, tiny, log) for s in seeds]
-    ev = evals(runs)
+# Each experiment is a pair: `<name>_runs(seeds, tiny)` declares the runs it reads ({label: [folder per seed]});
+# `<name>(runs, seeds, tiny)` reads them once they are trained -> (JSON dict, markdown, plot function or None).
+def table2_runs(seeds, tiny):
+    return {"base": [base(s, tiny) for s in seeds]}
+
+
+def table2(runs, seeds, tiny):
+    ev = evals(runs["base"])
     data, md = table({k: [e[k] for e in ev] for k in ["before", "seqkd", "gad", "teacher"]})
-    return {"seeds": seeds, "runs": runs, "results": data}, md, bar_plot(data, ("fidelity", "ood_fidelity"))
+    return {"seeds": seeds, "runs": runs["base"], "results": data}, md, bar_plot(data, ("fidelity", "ood_fidelity"))
 
 
-def quality_diversity(seeds, tiny, log):
-    import eval as E
-    import world
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    prompts = world.prompts("test")
-    points = {"seqkd": {}, "gad": {}}
-    for s in seeds:
-        folder = base(s, tiny, log)
-        for model in points:
-            path = os.path.join(folder, model, "generator")
-            tok, gen = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
-            for t in TEMPERATURES:
-                torch.manual_seed(s)
-                texts, _ = E.student_responses(gen, tok, prompts, 1 if tiny else 4, t, 40)
-                m = E.judge_responses(prompts, texts, 1 if tiny else 4)
-                points[model].setdefault(str(t), []).append({"fidelity": m["fidelity"], "distinct_2": m["distinct_2"],
-                                                             "modes": m["modes"]})
-    data = {model: {t: {k: mean_std([p[k] for p in ps]) for k in ("fidelity", "distinct_2", "modes")}
-                    for t, ps in by_t.items()} for model, by_t in points.items()}
+def quality_diversity_runs(seeds, tiny):
+    return {"sweeps": [sweep(s, tiny) for s in seeds]}
+
+
+def quality_diversity(runs, seeds, tiny):
+    sweeps = [json.load(open(p)) for p in runs["sweeps"]]
+    data = {model: {str(t): {k: mean_std([s[model][str(t)][k] for s in sweeps]) for k in ("fidelity", "distinct_2",
+                                                                                         "modes")}
+                    for t in TEMPERATURES} for model in ("seqkd", "gad")}
     md = ["| T | SeqKD fidelity | SeqKD distinct-2 | GAD fidelity | GAD distinct-2 |", "|---|---|---|---|---|"]
     for t in map(str, TEMPERATURES):
         q, g = data["seqkd"][t], data["gad"][t]
@@ -154,48 +252,53 @@ def quality_diversity(seeds, tiny, log):
     return {"seeds": seeds, "temperatures": TEMPERATURES, "results": data}, "\n".join(md), plot
 
 
-def warmup_ablation(seeds, tiny, log):
-    warm = 4 if tiny else 88
-    variants = {"GAD": [], "w/o generator warmup": ["--d-only-steps", str(warm)], "w/o discriminator warmup":
-                ["--no-d-warmup"]}
-    rows = {}
-    for label, flags in variants.items():
-        folders = [base(s, tiny, log) if not flags else run("ablation_" + flags[0].strip("-"), s, flags + ONLY_GAD,
-                                                              tiny, log) for s in seeds]
-        rows[label] = [e["gad"] for e in evals(folders)]
-    rows["SeqKD"] = [e["seqkd"] for e in evals([base(s, tiny, log) for s in seeds])]
-    data, md = table(rows)
-    return {"seeds": seeds, "results": data}, md, bar_plot(data)
-
-
-def bt_vs_bce(seeds, tiny, log):
-    rows = {"BT": [e["gad"] for e in evals([base(s, tiny, log) for s in seeds])],
-            "BCE": [e["gad"] for e in evals([run("bce", s, ["--d-loss", "bce", *ONLY_GAD], tiny, log)
-                                              for s in seeds])]}
-    data, md = table(rows)
-    return {"seeds": seeds, "results": data}, md, bar_plot(data)
-
-
-def frozen_d(seeds, tiny, log):
-    every = "2" if tiny else "22"
+def warmup_ablation_runs(seeds, tiny):
     warm = "4" if tiny else "88"
-    coevolving, frozen = [], []
+    return {"GAD": [base(s, tiny) for s in seeds],
+            "w/o generator warmup": [run("ablation_d-only-steps", s, ["--d-only-steps", warm, *ONLY_GAD], tiny)
+                                     for s in seeds],
+            "w/o discriminator warmup": [run("ablation_no-d-warmup", s, ["--no-d-warmup", *ONLY_GAD], tiny)
+                                         for s in seeds]}
+
+
+def warmup_ablation(runs, seeds, tiny):
+    rows = {label: [e["gad"] for e in evals(folders)] for label, folders in runs.items()}
+    rows["SeqKD"] = [e["seqkd"] for e in evals(runs["GAD"])]
+    data, md = table(rows)
+    return {"seeds": seeds, "results": data}, md, bar_plot(data)
+
+
+def bt_vs_bce_runs(seeds, tiny):
+    return {"BT": [base(s, tiny) for s in seeds],
+            "BCE": [run("bce", s, ["--d-loss", "bce", *ONLY_GAD], tiny) for s in seeds]}
+
+
+def bt_vs_bce(runs, seeds, tiny):
+    data, md = table({label: [e["gad"] for e in evals(folders)] for label, folders in runs.items()})
+    return {"seeds": seeds, "results": data}, md, bar_plot(data)
+
+
+def frozen_d_runs(seeds, tiny):
+    every, warm = ("2", "4") if tiny else ("22", "88")
+    runs = {"co-evolving D": [], "frozen D": []}
     for s in seeds:
-        co = base(s, tiny, log)  # the co-evolving arm is the default run's GAD stage
+        co = base(s, tiny)  # the co-evolving arm is the base run's GAD stage
         # D trained once against the SeqKD student (D-only warmup on its samples), then frozen; the frozen arm
         # starts from the same warmed-up generator as the co-evolving arm
         d_run = run("seqkd_discriminator", s, ["--student", os.path.join(co, "seqkd", "generator"), "--mode", "gad",
                                                "--warmup-steps", warm, "--d-only-steps", warm, "--gad-steps", "0",
-                                               "--eval-models", ""],
-                    tiny, log)
-        frozen.append(run("frozen_d", s, ["--init-from", os.path.join(co, "warmup"), "--frozen-d",
-                                          os.path.join(d_run, "gad", "discriminator"), *ONLY_GAD,
-                                          "--eval-every", every], tiny, log))
-        coevolving.append(co)
+                                               "--eval-models", ""], tiny)
+        runs["frozen D"].append(run("frozen_d", s, ["--init-from", os.path.join(co, "warmup"), "--frozen-d",
+                                                    os.path.join(d_run, "gad", "discriminator"), *ONLY_GAD,
+                                                    "--eval-every", every], tiny))
+        runs["co-evolving D"].append(co)
+    return runs
+
+
+def frozen_d(runs, seeds, tiny):
     keys = ["reward_mean", "response_length", "judge_fidelity"]
-    data = {"co-evolving D": [curves(f, keys) for f in coevolving], "frozen D": [curves(f, keys) for f in frozen]}
-    rows = {"co-evolving D": [e["gad"] for e in evals(coevolving)], "frozen D": [e["gad"] for e in evals(frozen)]}
-    res, md = table(rows)
+    data = {label: [curves(f, keys) for f in folders] for label, folders in runs.items()}
+    res, md = table({label: [e["gad"] for e in evals(folders)] for label, folders in runs.items()})
 
     def plot(plt):
         fig = plt.gcf()
@@ -213,7 +316,11 @@ def frozen_d(seeds, tiny, log):
     return {"seeds": seeds, "curves": data, "results": res}, md, plot
 
 
-def mode_seeking(seeds, tiny, log):
+def mode_seeking_runs(seeds, tiny):
+    return {}  # no training runs: two tiny models, fit in a few seconds
+
+
+def mode_seeking(runs, seeds, tiny):
     """Teacher: 3 modes over classes 0-9. Student: a discretised Gaussian (mean, log-std).
     SeqKD = maximum likelihood on teacher samples; GAD = REINFORCE with group-normalised advantages
     against a discriminator (one logit per class) trained with the BT loss."""
@@ -286,7 +393,8 @@ def bar_plot(data, metrics=("fidelity",)):
     return plot
 
 
-EXPERIMENTS = {f.__name__: f for f in (table2, quality_diversity, warmup_ablation, bt_vs_bce, frozen_d, mode_seeking)}
+EXPERIMENTS = {f.__name__: (globals()[f.__name__ + "_runs"], f) for f in (table2, quality_diversity, warmup_ablation,
+                                                                          bt_vs_bce, frozen_d, mode_seeking)}
 
 
 def main(argv=None):
@@ -296,7 +404,12 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke configuration (numbers meaningless)")
     ap.add_argument("--out", default=OUT, help=f"output folder (default: {OUT})")
+    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                    help="runs trained at once, one CPU thread each (default: the CPU cores, at most 4); the "
+                         "numbers do not depend on it")
     a = ap.parse_args(argv)
+    if a.workers < 1:
+        ap.error(f"--workers must be >= 1, got {a.workers}")
     OUT = a.out
     os.makedirs(OUT, exist_ok=True)
     names = list(EXPERIMENTS) if a.name == "all" else [a.name]
@@ -308,8 +421,10 @@ def main(argv=None):
         plt = None
         print("[experiments] matplotlib not installed: JSON and markdown only (pip install -r requirements-plots.txt)")
     t0 = time.time()
+    runs = {name: EXPERIMENTS[name][0](a.seeds, a.tiny) for name in names}  # declare every run first,
+    train_all(a.workers, a.tiny, print)                                    # then train them, in parallel
     for name in names:
-        result, md, plot = EXPERIMENTS[name](a.seeds, a.tiny, print)
+        result, md, plot = EXPERIMENTS[name][1](runs[name], a.seeds, a.tiny)
         result["tiny"] = a.tiny
         C.write_json(os.path.join(OUT, name + ".json"), result)
         with open(os.path.join(OUT, name + ".md"), "w") as f:

@@ -98,19 +98,24 @@ def dependencies(path, job, pending):
     return deps
 
 
-def train_all(workers, tiny, log):
-    """Do every declared job that is not done yet, `workers` processes at a time, one CPU thread each."""
+def to_do(tiny):
+    """The declared jobs not done yet, plus those that read one of them, plus the shared start if needed."""
     pending = {p: j for p, j in JOBS.items() if not is_done(p, j)}
     while True:  # a job that reads a job to be (re)done is redone too
         stale = {p: j for p, j in JOBS.items() if p not in pending and dependencies(p, j, pending)}
         if not stale:
             break
         pending.update(stale)
-    if any(k == "train" and "--student" not in a for k, a in pending.values()):
-        start = start_folder(tiny)
-        if not is_done(start, ("start", [tiny])):
-            pending[start] = ("start", [tiny])
-    running, t0 = {}, time.time()  # future -> (path, job)
+    start = start_folder(tiny)
+    if any(k == "train" and "--student" not in a for k, a in pending.values()) and not is_done(start, ("start", [tiny])):
+        pending[start] = ("start", [tiny])
+    return pending
+
+
+def train_all(workers, tiny, log):
+    """Do every job of to_do, `workers` processes at a time, one CPU thread each; a job starts once the jobs it
+    reads are done."""
+    pending, running, t0 = to_do(tiny), {}, time.time()  # running: future -> (path, job)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch threads
     with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=torch.set_num_threads,
                                      initargs=(1,)) as pool:
@@ -145,7 +150,8 @@ def log_file(path, job):
 
 
 def work(path, job, start):
-    """One job, in a worker process; returns (error or None, seconds). Its output goes to its log file."""
+    """One job, in a worker process; returns (error or None, seconds). Its output goes to its log file.
+    Jobs run on one CPU thread, except the shared start, which everything waits for: it gets up to 4."""
     import train_gad
     kind, args = job
     t0 = time.time()
@@ -163,7 +169,9 @@ def work(path, job, start):
                 C.write_json(path, temperature_sweep(*args))
             else:
                 import world
+                torch.set_num_threads(min(4, os.cpu_count() or 1))  # the same bits as one thread
                 world.starting_student(train_gad.parse_args(["--out-dir", path, *(TINY if args[0] else [])]), print)
+                torch.set_num_threads(1)
         except SystemExit as e:  # train_gad reports bad input / a failed run this way
             return str(e), time.time() - t0
     return None, time.time() - t0

@@ -7,12 +7,23 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def experiments(*args):
+    p = subprocess.run([sys.executable, "experiments.py", "--tiny", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return p
+
+
+def records(folder):
+    """metrics.jsonl without the wall-clock seconds."""
+    return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in open(os.path.join(folder, "metrics.jsonl"))]
+
+
 def test_all_experiments_tiny(tmp_path):
     out = str(tmp_path / "exp")
-    p = subprocess.run([sys.executable, "experiments.py", "all", "--tiny", "--seeds", "0", "--out", out], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    log = experiments("all", "--seeds", "0", "--workers", "2", "--out", out).stdout
+    running = [line.startswith("[experiments] start:") - line.startswith("[experiments] done") for line in log.splitlines()]
+    assert max(sum(running[:i + 1]) for i in range(len(running))) == 2, log  # two jobs ran side by side
     res = {n: json.load(open(os.path.join(out, n + ".json"))) for n in
            ("table2", "quality_diversity", "warmup_ablation", "bt_vs_bce", "frozen_d", "mode_seeking")}
     assert all(r["tiny"] is True and r["seeds"] == [0] for r in res.values())
@@ -34,3 +45,45 @@ def test_all_experiments_tiny(tmp_path):
     assert recs and not any("d_grad_norm" in r for r in recs)
     summary = open(os.path.join(out, "summary.md")).read()
     assert summary.count("### ") == 6
+    # a second call reuses every finished run; the runs were made side by side, two at a time
+    assert "start:" not in experiments("all", "--seeds", "0", "--out", out).stdout
+    # the numbers do not depend on --workers: one worker, one run at a time, gives the same bits
+    out1 = str(tmp_path / "one_worker")
+    experiments("frozen_d", "--seeds", "0", "--workers", "1", "--out", out1)
+    for run in ("gad_seqkd", "seqkd_discriminator", "frozen_d"):
+        a, b = (os.path.join(o, "runs", run, "seed0") for o in (out, out1))
+        assert records(a) == records(b), run
+    for run in ("gad_seqkd", "frozen_d"):
+        assert json.load(open(os.path.join(out, "runs", run, "seed0", "eval.json"))) == \
+            json.load(open(os.path.join(out1, "runs", run, "seed0", "eval.json")))
+
+
+def test_declared_runs_and_their_dependencies(tmp_path, monkeypatch):
+    """Every experiment declares its runs; a run depends on the runs whose folders it reads; a job whose input
+    will be redone is redone too; finished jobs with the same flags are reused."""
+    import experiments as X
+    monkeypatch.setattr(X, "OUT", str(tmp_path))
+    monkeypatch.setattr(X, "JOBS", {})
+    runs = {name: declare([0, 1], False) for name, (declare, _) in X.EXPERIMENTS.items()}
+    base0, base1 = runs["table2"]["base"]
+    assert runs["warmup_ablation"]["GAD"] == runs["bt_vs_bce"]["BT"] == runs["frozen_d"]["co-evolving D"] == [base0, base1]
+    train = [a for k, a in X.JOBS.values() if k == "train"]
+    assert len(train) == 2 * 6 and all(a[4:4 + len(X.SUITE)] == X.SUITE for a in train)  # 6 runs per seed
+    frozen0 = runs["frozen_d"]["frozen D"][0]
+    d_run0 = os.path.join(str(tmp_path), "runs", "seqkd_discriminator", "seed0")
+    assert X.dependencies(frozen0, X.JOBS[frozen0], X.JOBS) == {base0, d_run0}
+    assert X.dependencies(d_run0, X.JOBS[d_run0], X.JOBS) == {base0}
+    sweep0 = runs["quality_diversity"]["sweeps"][0]
+    assert X.dependencies(sweep0, X.JOBS[sweep0], X.JOBS) == {base0}
+    assert X.dependencies(base0, X.JOBS[base0], X.JOBS) == set()
+
+    pending = X.to_do(False)  # nothing done: every job, and the shared start that the embedded runs read
+    assert set(pending) == set(X.JOBS) | {X.start_folder(False)}
+    assert X.start_folder(False) in X.dependencies(base0, X.JOBS[base0], pending)
+    assert X.start_folder(False) not in X.dependencies(d_run0, X.JOBS[d_run0], pending)  # it reads a --student
+
+    done = set(X.JOBS) - {base1}  # everything finished except seed 1's base run: seed 1's readers are redone
+    monkeypatch.setattr(X, "is_done", lambda p, j: p in done or p == X.start_folder(False))
+    assert set(X.to_do(False)) == {base1, os.path.join(base1, "temperature_sweep.json"),
+                                   os.path.join(str(tmp_path), "runs", "seqkd_discriminator", "seed1"),
+                                   os.path.join(str(tmp_path), "runs", "frozen_d", "seed1")}

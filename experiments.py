@@ -1,6 +1,6 @@
 """The paper's findings in miniature, on the embedded world: one command, several seeds, JSON + plots.
 
-    python experiments.py all                 # every experiment, seeds 0 1 2 (~20-25 min on a 2-core CPU; README)
+    python experiments.py all                 # every experiment, seeds 0 1 2 (27 min on a slow 2-core CPU; README)
     python experiments.py warmup_ablation     # one experiment
     python experiments.py all --tiny          # seconds: a smoke test of the machinery (numbers meaningless)
 
@@ -169,7 +169,7 @@ def work(path, job, start):
                 C.write_json(path, temperature_sweep(*args))
             else:
                 import world
-                torch.set_num_threads(min(4, os.cpu_count() or 1))  # the same bits as one thread
+                torch.set_num_threads(min(4, os.cpu_count() or 1))  # the same bits as one thread, on this CPU
                 world.starting_student(train_gad.parse_args(["--out-dir", path, *(TINY if args[0] else [])]), print)
                 torch.set_num_threads(1)
         except SystemExit as e:  # train_gad reports bad input / a failed run this way
@@ -406,7 +406,7 @@ EXPERIMENTS = {f.__name__: (globals()[f.__name__ + "_runs"], f) for f in (table2
 
 
 def main(argv=None):
-    global OUT
+    global OUT, SUITE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", choices=list(EXPERIMENTS) + ["all"], help="which experiment")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
@@ -415,10 +415,14 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                     help="runs trained at once, one CPU thread each (default: the CPU cores, at most 4); the "
                          "numbers do not depend on it")
+    ap.add_argument("--n-samples", type=int, default=int(SUITE[1]),
+                    help=f"the group size of every run (default: {SUITE[1]}; train_gad.py's default and the paper: 8)")
     a = ap.parse_args(argv)
     if a.workers < 1:
         ap.error(f"--workers must be >= 1, got {a.workers}")
-    OUT = a.out
+    if a.n_samples < 2:
+        ap.error(f"--n-samples must be >= 2, got {a.n_samples}")
+    OUT, SUITE = a.out, ["--n-samples", str(a.n_samples)]
     os.makedirs(OUT, exist_ok=True)
     names = list(EXPERIMENTS) if a.name == "all" else [a.name]
     try:

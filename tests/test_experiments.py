@@ -45,7 +45,7 @@ def test_all_experiments_tiny(tmp_path):
     assert recs and not any("d_grad_norm" in r for r in recs)
     summary = open(os.path.join(out, "summary.md")).read()
     assert summary.count("### ") == 6
-    # a second call reuses every finished run; the runs were made side by side, two at a time
+    # a second call reuses every finished run
     assert "start:" not in experiments("all", "--seeds", "0", "--out", out).stdout
     # the numbers do not depend on --workers: one worker, one run at a time, gives the same bits
     out1 = str(tmp_path / "one_worker")

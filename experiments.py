@@ -10,15 +10,14 @@ output in its train.log); a finished run with the same flags is reused, not retr
 each run's metrics.jsonl. The privileged judge only evaluates; it never trains anything.
 
 How it fits in 30 minutes on 2 cores:
-  - the suite's one change to the defaults is SUITE below: groups of n = 4 samples (paper and default: 8),
-    which halves the cost of a step (README "Experiments" says what that changes);
-  - every experiment first declares its runs; then all runs are trained, --workers at a time, each in its own
-    process on one CPU thread (one thread or two give bit-identical numbers; two one-thread runs side by side
-    do ~1.35x the work of one two-thread run on this CPU); a run starts once the runs it reads are finished;
+  - the suite's one change to the defaults is SUITE: groups of n = 4 samples (paper and default: 8), which
+    halves the cost of a step (README "Experiments" says what that changes);
+  - every experiment first declares its runs; then all are trained, --workers at a time, each in its own
+    process on one CPU thread (1.35x the work of one two-thread run here, the same bits); a run starts once
+    the runs it reads are finished;
   - nothing is computed twice: the base run of each seed (GAD + SeqKD, judged every 22 steps, which leaves
     training unchanged) is table2's row, the ablations' GAD and SeqKD rows, BT's row and frozen_d's
-    co-evolving arm; the frozen arm starts from that run's warmup checkpoint; every seed starts from the same
-    pretrained student; a variant judges only its own GAD student.
+    co-evolving arm (the frozen arm starts from its warmup checkpoint); one pretrained start for all seeds.
 
   table2             GAD vs SeqKD vs start vs teacher (paper Table 2)
   quality_diversity  fidelity vs distinct-2 for SeqKD and GAD sampled at several temperatures (not in the paper)
@@ -139,10 +138,8 @@ def train_all(workers, tiny, log):
 
 
 def describe(path, job):
-    kind, args = job
-    if kind == "train":
-        return "python train_gad.py " + " ".join(args)
-    return f"temperature sweep of {args[0]}" if kind == "sweep" else f"pretraining the shared start in {path}"
+    return {"train": lambda: "python train_gad.py " + " ".join(job[1]), "sweep": lambda: f"temperature sweep of "
+            f"{job[1][0]}", "start": lambda: f"pretraining the shared start in {path}"}[job[0]]()
 
 
 def log_file(path, job):
@@ -153,8 +150,7 @@ def work(path, job, start):
     """One job, in a worker process; returns (error or None, seconds). Its output goes to its log file.
     Jobs run on one CPU thread, except the shared start, which everything waits for: it gets up to 4."""
     import train_gad
-    kind, args = job
-    t0 = time.time()
+    (kind, args), t0 = job, time.time()
     os.makedirs(os.path.dirname(path) if kind == "sweep" else path, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):  # the "done" marker goes until the job is done again
         os.remove(path if kind == "sweep" else os.path.join(path, "args.json"))
@@ -290,9 +286,8 @@ def frozen_d_runs(seeds, tiny):
     every, warm = ("2", "4") if tiny else ("22", "88")
     runs = {"co-evolving D": [], "frozen D": []}
     for s in seeds:
-        co = base(s, tiny)  # the co-evolving arm is the base run's GAD stage
-        # D trained once against the SeqKD student (D-only warmup on its samples), then frozen; the frozen arm
-        # starts from the same warmed-up generator as the co-evolving arm
+        co = base(s, tiny)  # the co-evolving arm is the base run's GAD stage; the frozen arm starts from its
+        # warmup checkpoint, against a D trained once on the SeqKD student's samples (D-only warmup), then frozen
         d_run = run("seqkd_discriminator", s, ["--student", os.path.join(co, "seqkd", "generator"), "--mode", "gad",
                                                "--warmup-steps", warm, "--d-only-steps", warm, "--gad-steps", "0",
                                                "--eval-models", ""], tiny)
@@ -324,8 +319,7 @@ def frozen_d(runs, seeds, tiny):
     return {"seeds": seeds, "curves": data, "results": res}, md, plot
 
 
-def mode_seeking_runs(seeds, tiny):
-    return {}  # no training runs: two tiny models, fit in a few seconds
+def mode_seeking_runs(seeds, tiny): return {}  # no training runs: two tiny models, fit in a few seconds
 
 
 def mode_seeking(runs, seeds, tiny):
@@ -413,15 +407,12 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke configuration (numbers meaningless)")
     ap.add_argument("--out", default=OUT, help=f"output folder (default: {OUT})")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                    help="runs trained at once, one CPU thread each (default: the CPU cores, at most 4); the "
-                         "numbers do not depend on it")
+                    help="runs trained at once, one CPU thread each (default: the cores, at most 4); same numbers")
     ap.add_argument("--n-samples", type=int, default=int(SUITE[1]),
                     help=f"the group size of every run (default: {SUITE[1]}; train_gad.py's default and the paper: 8)")
     a = ap.parse_args(argv)
-    if a.workers < 1:
-        ap.error(f"--workers must be >= 1, got {a.workers}")
-    if a.n_samples < 2:
-        ap.error(f"--n-samples must be >= 2, got {a.n_samples}")
+    if a.workers < 1 or a.n_samples < 2:
+        ap.error(f"need --workers >= 1 and --n-samples >= 2, got {a.workers} and {a.n_samples}")
     OUT, SUITE = a.out, ["--n-samples", str(a.n_samples)]
     os.makedirs(OUT, exist_ok=True)
     names = list(EXPERIMENTS) if a.name == "all" else [a.name]

@@ -7,19 +7,22 @@ the attention mask, so a row means the same thing under left or right padding.
 
 Losses (pure functions returning `(loss, metrics)`):
   sft_loss         warmup and SeqKD:  -1/|T| sum_t log p(y_t | x, y_<t)       (token mean over the batch)
-  group_advantages GRPO, paper Eq. 6:  A_i = (r_i - mean_group r) / (std_group r + 1e-6)
+  group_advantages GRPO, paper Eq. 6:  A_i = (r_i - mean_group r) / (std_group r + 1e-6), population std;
+                   exactly 0 for a group whose rewards are equal up to float rounding
   k3_kl            KL estimator:       exp(ref - logp) - (ref - logp) - 1    (>= 0, = 0 iff equal)
   policy_loss      PPO-clip + k3 KL, token-mean. With one optimiser step per batch of rollouts the
                    ratio is exactly 1, so the gradient is REINFORCE with group-normalised advantages.
 """
+import threading
+
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer, GenerationConfig
 
 
 # ---------------------------------------------------------------------------- tokens and batches
 def load_tokenizer(path, trust_remote_code=False):
     """The student's tokenizer; it must have a chat template (prompts go through it)."""
-    from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.chat_template is None:
         raise ValueError(f"the tokenizer of {path} has no chat template; use an instruct/chat "
@@ -68,34 +71,54 @@ def to(batch, device):
 
 
 # ---------------------------------------------------------------------------- sampling
+_GENERATION_LOCK = threading.Lock()  # sample() swaps model.generation_config; one swap at a time
+
+
+def sampling_config(temperature, max_new_tokens, n, eos_id, pad_id):
+    """The one generation configuration used for sampling: softmax(logits / temperature), nothing else.
+
+    top_k = 0 and top_p = 1.0 switch those filters off; every other processor (repetition penalty,
+    n-gram bans, min length, bad words, ...) is left unset, and `sample` hides the checkpoint's own
+    generation_config while it runs, so none of them is filled in from it. What is sampled is then
+    exactly the distribution `token_logprobs(..., temperature)` trains on. temperature <= 0: greedy."""
+    if temperature > 0:
+        mode = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=n)
+    else:
+        mode = dict(do_sample=False, num_return_sequences=1)
+    return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id, **mode)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts, n, temperature, max_new_tokens, gen_batch_size=64, eos_id=None):
     """Sample n responses per prompt with the KV cache (HF `generate`), in chunks of prompts.
 
     Returns a list of len(prompts) * n token-id lists, grouped by prompt (prompt 0's n samples
     first). A response keeps its EOS if the model emitted one; a response cut at max_new_tokens
-    has none (see `finished`)."""
+    has none (see `finished`). Only `sampling_config` applies: the checkpoint's generation_config
+    (an instruct model's top_k / top_p, a repetition penalty, ...) is ignored, so sampling stays on-policy."""
     eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
     pad_id = tokenizer.pad_token_id
+    config = sampling_config(temperature, max_new_tokens, n, eos_id, pad_id)
     was_training = model.training
     model.eval()
     out = []
     per_chunk = max(1, gen_batch_size // n)
-    for i in range(0, len(prompts), per_chunk):
-        chunk = prompts[i:i + per_chunk]
-        batch = pack(chunk, [[] for _ in chunk], pad_id, left_pad=True)  # generation wants left padding
-        kwargs = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 \
-            else dict(do_sample=False)
-        gen = model.generate(input_ids=batch["input_ids"].to(model.device),
-                             attention_mask=batch["attention_mask"].to(model.device),
-                             max_new_tokens=max_new_tokens, num_return_sequences=n if temperature > 0 else 1,
-                             eos_token_id=eos_id, pad_token_id=pad_id, **kwargs)
-        if temperature <= 0 and n > 1:
-            gen = gen.repeat_interleave(n, dim=0)
-        for row in gen[:, batch["input_ids"].shape[1]:].tolist():
-            cut = row.index(eos_id) + 1 if eos_id in row else len(row)
-            out.append(row[:cut])
-    model.train(was_training)
+    with _GENERATION_LOCK:
+        own_config, model.generation_config = model.generation_config, GenerationConfig()
+        try:
+            for i in range(0, len(prompts), per_chunk):
+                chunk = prompts[i:i + per_chunk]
+                batch = pack(chunk, [[] for _ in chunk], pad_id, left_pad=True)  # generation wants left padding
+                gen = model.generate(input_ids=batch["input_ids"].to(model.device),
+                                     attention_mask=batch["attention_mask"].to(model.device), generation_config=config)
+                if temperature <= 0 and n > 1:
+                    gen = gen.repeat_interleave(n, dim=0)
+                for row in gen[:, batch["input_ids"].shape[1]:].tolist():
+                    cut = row.index(eos_id) + 1 if eos_id in row else len(row)
+                    out.append(row[:cut])
+        finally:
+            model.generation_config = own_config
+            model.train(was_training)
     return out
 
 
@@ -145,10 +168,23 @@ def sft_loss(model, batch):
 def group_advantages(rewards, n, eps=1e-6):
     """Paper Eq. 6. rewards [B*n] grouped by prompt -> advantages [B*n], zero mean per group.
 
-    A group whose rewards are all equal gets zeros (std = 0 -> 0 / eps), never NaN."""
+      A_i = (r_i - mean(r)) / (std(r) + eps)     std = population std (divide by n), also in the logs
+
+    A group whose rewards are equal up to float rounding (max - min <= 4 ulps of its largest |r|)
+    gets exactly 0: the rounding error of its mean divided by a ~0 std would otherwise be a
+    random-sign advantage of order 1 (e.g. eight rewards of 50.3 gave +0.79 each)."""
     r = rewards.view(-1, n)                                                           # [B, n]
-    adv = (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True, unbiased=False) + eps)
-    return adv.view(-1)
+    adv = (r - r.mean(-1, keepdim=True)) / (group_std(r) + eps)                       # [B, n]
+    spread = r.amax(-1, keepdim=True) - r.amin(-1, keepdim=True)                      # [B, 1]
+    tied = spread <= 4 * torch.finfo(r.dtype).eps * r.abs().amax(-1, keepdim=True)   # [B, 1]
+    return adv.masked_fill(tied, 0.0).view(-1)
+
+
+def group_std(r):
+    """Within-group std of rewards r [B, n] -> [B, 1]: the population std (divide by n), as Eq. 6 here.
+    verl and TRL divide by n - 1; under Adam that constant factor (1.07 at n = 8) only shifts the
+    balance against the KL term by the same factor."""
+    return r.std(-1, keepdim=True, unbiased=False)
 
 
 def k3_kl(logp, ref_logp):
@@ -160,7 +196,7 @@ def k3_kl(logp, ref_logp):
 def policy_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=0.001):
     """GRPO generator loss (paper Eq. 2 optimised with Eq. 6's advantages), token-mean.
 
-    logp, old_logp, ref_logp, mask: [B, L]; advantages: [B] (broadcast to every response token).
+    logp, old_logp, ref_logp, mask: [B*n, L]; advantages: [B*n] (broadcast to every response token).
       ratio = exp(logp - old_logp)
       pg    = -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A)
       loss  = token_mean(pg + kl_coef * k3(logp, ref_logp))

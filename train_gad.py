@@ -293,7 +293,7 @@ def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step
         advantages = G.group_advantages(rewards, cfg.n_samples)                    # [B*n]
         m.update(g_step(gen, ref, g_opt, s_batch, advantages, cfg, device))
         m.update(reward_mean=rewards.mean().item(), reward_std=rewards.std().item(),
-                 reward_group_std=rewards.view(-1, cfg.n_samples).std(-1).mean().item())
+                 reward_group_std=G.group_std(rewards.view(-1, cfg.n_samples)).mean().item())
     m.update(G.sample_metrics(samples, tok.eos_token_id))
     return m, samples
 

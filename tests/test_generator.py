@@ -87,3 +87,49 @@ def test_sample_groups_n_per_prompt_and_cuts_at_eos(tiny_lm, tok):
 def test_finished(tok):
     assert G.finished([3, tok.eos_token_id], tok.eos_token_id)
     assert not G.finished([3, 4], tok.eos_token_id) and not G.finished([], tok.eos_token_id)
+
+
+@pytest.fixture()
+def opinionated_lm(tok):
+    """A model whose checkpoint asks for repetition_penalty 1.3, top_k 20, top_p 0.8 (like instruct models)."""
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(world.student_config(tok, hidden=32, layers=2)).eval()
+    gc = model.generation_config
+    gc.pad_token_id, gc.eos_token_id = tok.pad_token_id, tok.eos_token_id
+    gc.do_sample, gc.repetition_penalty, gc.top_k, gc.top_p = True, 1.3, 20, 0.8
+    gc.no_repeat_ngram_size, gc.min_new_tokens = 1, 3
+    return model
+
+
+def test_sampling_ignores_the_checkpoints_generation_config(opinionated_lm, tok, monkeypatch):
+    from transformers.generation import TemperatureLogitsWarper
+    model = opinionated_lm
+    built = []
+    real = type(model)._get_logits_processor
+
+    def spy(self, *args, **kw):
+        built.append(real(self, *args, **kw))
+        return built[-1]
+    monkeypatch.setattr(type(model), "_get_logits_processor", spy)
+    prompt = G.prompt_ids(tok, world.prompts("train")[0])
+    torch.manual_seed(0)
+    G.sample(model, tok, [prompt], n=2, temperature=0.8, max_new_tokens=4)
+    assert [type(p) for p in built[0]] == [TemperatureLogitsWarper], built[0]   # temperature is the only processor
+    assert model.generation_config.repetition_penalty == 1.3                  # the checkpoint's own config is kept
+
+
+def test_sampled_first_tokens_follow_softmax_of_logits_over_temperature(opinionated_lm, tok):
+    model, T, n = opinionated_lm, 0.8, 4000
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8)          # a peaked distribution, so top_k / top_p would cut real mass
+    prompt = G.prompt_ids(tok, world.prompts("train")[0])
+    with torch.no_grad():
+        p = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1] / T, -1)
+    torch.manual_seed(0)
+    first = [s[0] for s in G.sample(model, tok, [prompt], n=n, temperature=T, max_new_tokens=1, gen_batch_size=n)]
+    freq = torch.bincount(torch.tensor(first), minlength=len(p)).float() / n
+    tv = 0.5 * (freq - p).abs().sum().item()
+    # sampling error of a 4000-sample histogram is ~0.03 TV; top_k 20 / top_p 0.8 / the penalties cut far more
+    outside_top20 = 1 - p.topk(20).values.sum().item()
+    assert outside_top20 > 0.1 and tv < 0.06, (tv, outside_top20)

@@ -1,10 +1,12 @@
 """Unit and property tests of every loss, advantage and mask."""
 import math
 
+import pytest
 import torch
 
 import discriminator as D
 import generator as G
+import world
 
 
 def test_bt_loss_is_ln2_for_equal_scores():
@@ -116,3 +118,46 @@ def test_policy_loss_clips_large_ratios():
                             clip_eps=0.2, kl_coef=0.0)
     loss.backward()
     assert m["clip_frac"] == 1.0 and logp.grad.item() == 0.0
+
+
+@pytest.mark.parametrize("value", [0.3, 50.3, 1e4, -7.77, 0.0])
+@pytest.mark.parametrize("n", [2, 3, 4, 8, 16])
+def test_tied_group_gets_exactly_zero_advantages(value, n):
+    # fp32 means of equal values can be off by one rounding step; that error must not become an advantage
+    r = torch.cat([torch.full((n,), value), torch.arange(n, dtype=torch.float32)])  # a tied group, then a spread one
+    a = G.group_advantages(r, n)
+    assert (a[:n] == 0).all(), a[:n]
+    assert a[n:].abs().min() > 0 or n % 2 == 1                # the spread group is untouched (odd n: a 0 in the middle)
+
+
+@pytest.mark.parametrize("value", [0.3, 50.3, 1e4])
+def test_rewards_equal_up_to_rounding_are_a_tie(value):
+    x = torch.tensor(value, dtype=torch.float32)
+    r = torch.stack([x, torch.nextafter(x, torch.tensor(float("inf"))), x, x])   # one ulp apart
+    assert (G.group_advantages(r, 4) == 0).all()
+    far = torch.tensor([value, value * 1.001, value, value], dtype=torch.float32)  # a real difference
+    assert G.group_advantages(far, 4).abs().max() > 1
+
+
+def test_a_real_discriminator_scoring_identical_samples_gives_zero_advantages(tok):
+    from transformers import LlamaModel
+    torch.manual_seed(0)
+    d = D.Discriminator(LlamaModel(world.student_config(tok, hidden=32, layers=2)))
+    with torch.no_grad():
+        d.head.weight.mul_(300)                                 # scores of order 100: rounding matters
+    prompt = G.prompt_ids(tok, world.prompts("train")[0])
+    same, other = G.response_ids(tok, "cats are furry ."), G.response_ids(tok, "i think cats are wild and quick !")
+    for n in (2, 8, 16):
+        batch = G.pack([prompt] * 2 * n, [same] * n + [other] * (n - 1) + [same], tok.pad_token_id)
+        with torch.no_grad():
+            rewards = d(batch)
+        a = G.group_advantages(rewards, n)
+        assert (a[:n] == 0).all(), (n, a[:n])
+        assert (a[n:] != 0).all()
+
+
+def test_logged_group_std_is_the_one_the_advantages_divide_by():
+    torch.manual_seed(0)
+    r = torch.randn(3, 8)
+    a = G.group_advantages(r.view(-1), 8).view(3, 8)
+    assert torch.allclose(a * (G.group_std(r) + 1e-6), r - r.mean(-1, keepdim=True), atol=1e-6)

@@ -11,6 +11,8 @@ Every problem is reported as one line naming the file, the row (1-based line for
 import json
 import os
 
+from datasets import load_dataset
+
 ROLES = {"system", "user", "assistant"}
 
 
@@ -19,21 +21,30 @@ class DataError(ValueError):
 
 
 def _rows(path):
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, not a data file")
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     ext = os.path.splitext(path)[1].lower()
     if ext in (".jsonl", ".json"):
         # Parse ourselves first so a malformed line is reported with its line number.
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}: line {i}: not UTF-8 text (byte {e.start + 1} of the line)") from None
                 if line.strip():
                     try:
                         yield i, json.loads(line)
                     except json.JSONDecodeError as e:
                         raise DataError(f"{path}: line {i}: malformed JSON ({e.msg})") from None
     elif ext == ".parquet":
-        from datasets import load_dataset
-        ds = load_dataset("parquet", data_files=path, split="train")
+        try:  # a 0-byte, truncated or non-parquet file fails somewhere inside pyarrow / datasets
+            ds = load_dataset("parquet", data_files=path, split="train")
+        except Exception as e:  # noqa: BLE001 -- any reader failure is one line for the user
+            raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: "
+                            f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
         for i, row in enumerate(ds, 1):
             yield i, row
     else:
@@ -89,3 +100,14 @@ def load_records(path, need_response=False):
     if not out:
         raise DataError(f"{path}: no rows")
     return out
+
+
+def duplicate_prompts(records):
+    """How many rows repeat the messages of an earlier row."""
+    seen = set()
+    dups = 0
+    for r in records:
+        key = json.dumps(r["messages"], sort_keys=True)
+        dups += key in seen
+        seen.add(key)
+    return dups

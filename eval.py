@@ -160,13 +160,13 @@ def judge_scores(questions, answers, judge, cache, concurrency=8, log=print):
     parsed. Returns (mean score, number of unparseable replies, number of questions scored)."""
     import teacher as T
     ref_prompts = [[{"role": "system", "content": JUDGE_REFERENCE}] + q for q in questions]
-    refs, _ = T.collect(judge, ref_prompts, cache, n=1, concurrency=concurrency, log=log)
+    refs, _, _ = T.collect(judge, ref_prompts, cache, n=1, concurrency=concurrency, log=log)
     rate = []
     for q, a, (r,) in zip(questions, answers, refs):
         text = q[-1]["content"]
         rate.append([{"role": "user", "content": JUDGE_RATE.format(question=text, a1=a, a2=r)}])
         rate.append([{"role": "user", "content": JUDGE_RATE.format(question=text, a1=r, a2=a)}])
-    replies, _ = T.collect(judge, rate, cache, n=1, concurrency=concurrency, log=log)
+    replies, _, _ = T.collect(judge, rate, cache, n=1, concurrency=concurrency, log=log)
     scores, unparsed = [], 0
     for i in range(0, len(replies), 2):
         first, second = parse_scores(replies[i][0]), parse_scores(replies[i + 1][0])
@@ -216,6 +216,9 @@ def evaluate_real(run_dir, test_data, judge_spec=None, judge_base_url=None, temp
     import data as DATA
     import teacher as T
     recs = DATA.load_records(test_data)
+    if DATA.duplicate_prompts(recs):
+        log(f"[data] {DATA.duplicate_prompts(recs)} of {len(recs)} test prompts in {test_data} are duplicates of an "
+            "earlier row (each is still answered and judged)")
     recs = recs[:limit] if limit else recs
     questions = [r["messages"] for r in recs]
     refs = [r["teacher_response"] for r in recs]
@@ -363,6 +366,11 @@ if __name__ == "__main__":
     ap.add_argument("--max-new-tokens", type=int, default=None, help="answer limit (default: 40 embedded, 512 real)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     a = ap.parse_args()
+    for name, value, low in (("--samples", a.samples, 1), ("--limit", a.limit, 0), ("--judge-concurrency",
+                             a.judge_concurrency, 1), ("--max-new-tokens", a.max_new_tokens, 1),
+                             ("--temperature", a.temperature, 0)):
+        if value is not None and value < low:
+            ap.error(f"{name} must be >= {low}, got {value}")
     for d in a.run_dirs:
         if not os.path.isdir(d):
             sys.exit(f"eval.py: run folder not found: {d}")
@@ -387,10 +395,12 @@ if __name__ == "__main__":
         try:
             for d in a.run_dirs:
                 evaluate_real(d, a.test_data, a.judge or None, a.judge_base_url or None,
-                              0.0 if a.temperature is None else a.temperature, a.max_new_tokens or 512, a.limit,
+                              0.0 if a.temperature is None else a.temperature,
+                              512 if a.max_new_tokens is None else a.max_new_tokens, a.limit,
                               a.judge_concurrency)
         except (DATA.DataError, T.TeacherError) as e:
             sys.exit(f"eval.py: {e}")
     else:
         for d in a.run_dirs:
-            evaluate(d, a.samples, 0.8 if a.temperature is None else a.temperature, a.max_new_tokens or 40, a.seed)
+            evaluate(d, a.samples, 0.8 if a.temperature is None else a.temperature,
+                     40 if a.max_new_tokens is None else a.max_new_tokens, a.seed)

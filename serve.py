@@ -3,13 +3,16 @@
     python serve.py --teacher embedded --port 8000                 # the embedded world's teacher
     python serve.py --teacher hf:models/smollm2 --system-prompt "Answer like a pirate."   # context distillation
 
-It answers POST /v1/chat/completions (with `n`) from any `respond(messages, n) -> list[str]`, so a
+It answers POST /v1/chat/completions (with `n`) from any `respond(messages, n)` returning the texts, or
+(texts, finishes) like a teacher's `answer` (finish "length" is sent as finish_reason "length"), so a
 training run talks to it through the real `openai` client exactly as to a hosted API. For tests it can
 inject failures: a scripted list, or a random fraction of: 429 (with Retry-After), 500, a timeout (no answer
-for `hang` seconds), truncated JSON, an empty answer; and "quota" (429 insufficient_quota), "refuse".
+for `hang` seconds), truncated JSON, an empty answer; and "quota" (429 insufficient_quota), "refuse",
+"length" (finish_reason "length").
 It only ever binds 127.0.0.1.
 """
 import argparse
+import collections
 import json
 import random
 import threading
@@ -24,6 +27,7 @@ class TeacherServer:
         self.respond, self.fail_script, self.fail_rate, self.hang = respond, list(fail_script), fail_rate, hang
         self.rng, self.api_key = random.Random(seed), api_key
         self.requests, self.served, self.lock = [], 0, threading.Lock()
+        self.injected = collections.Counter()  # failures injected so far, by kind
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,6 +52,7 @@ class TeacherServer:
                     fail = server.fail_script.pop(0) if server.fail_script else None
                     if fail is None and server.fail_rate and server.rng.random() < server.fail_rate:
                         fail = server.rng.choice(server.RANDOM_FAILURES)
+                    server.injected[fail] += fail is not None
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     return self._send(401, {"error": {"message": "invalid api key", "type": "auth"}})
                 if fail == 429:
@@ -70,15 +75,19 @@ class TeacherServer:
                 if not self.path.endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
                 texts = server.respond(body["messages"], body.get("n", 1))
+                finishes = ["stop"] * len(texts)
+                if isinstance(texts, tuple):  # (texts, finishes) from a teacher's answer()
+                    texts, finishes = texts[0], [{"refused": "content_filter"}.get(f, f) for f in texts[1]]
                 if fail == "empty":
                     texts = [""] * len(texts)
-                reason = "content_filter" if fail == "refuse" else "stop"
+                if fail in ("refuse", "length"):
+                    finishes = [{"refuse": "content_filter", "length": "length"}[fail]] * len(texts)
                 with server.lock:
                     server.served += 1
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                  "choices": [{"index": i, "finish_reason": reason,
                                               "message": {"role": "assistant", "content": t}}
-                                             for i, t in enumerate(texts)],
+                                             for i, (t, reason) in enumerate(zip(texts, finishes))],
                                  "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
@@ -107,7 +116,7 @@ if __name__ == "__main__":
 
     def respond(messages, n):
         with lock:
-            return teacher.respond(messages, n)
+            return teacher.answer(messages, n)
     server = TeacherServer(respond, fail_rate=a.fail_rate, port=a.port)
     with server:
         print(f"serving {teacher.name} at {server.url} (Ctrl-C to stop)", flush=True)

@@ -1,9 +1,11 @@
 """The black-box teacher: chat messages in, response *text* out -- nothing else (no logits, no tokens).
 
 A teacher is any object with
-    name: str                                  identifies the model (part of the cache key)
+    name: str                                  identifies the model and endpoint (part of the cache key)
     params: dict                               sampling parameters (part of the cache key)
-    respond(messages, n) -> list[str]          n responses to one prompt
+    answer(messages, n) -> (texts, finishes)   n responses to one prompt; finish is "stop", "length" (cut
+                                               off at the teacher's token limit) or "refused" (text None)
+    respond(messages, n) -> texts              the texts alone
 
 Teachers here (`make_teacher(spec)`):
     embedded          the embedded world's teacher program (world.py)
@@ -14,17 +16,31 @@ Pre-collected pairs in the paper's format are read by data.py instead (`--teache
 
 `TeacherCache` keeps every collected response on disk (JSONL, one line per prompt), keyed by a hash of
 (teacher name, messages, params), so a response is never paid for twice and an interrupted collection
-resumes where it stopped. `collect` is the only way training reads the teacher.
+resumes where it stopped. One cache per teacher is shared by every run under the same runs/ folder
+(`default_cache_path`). `collect` is the only way training reads the teacher. Its policy:
+  - an empty or whitespace-only answer is a transient failure: asked again (EMPTY_RETRIES times), and
+    asked again on the next collection if it is still empty in the cache;
+  - a refusal (finish "refused") and an answer cut off by the teacher's token limit ("length") are
+    recorded as such and never asked again; training leaves both out and counts them in the log.
 """
+import fcntl
 import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from urllib.parse import urlsplit, urlunsplit
 
+import openai
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import generator
 import world
+
+EMPTY_RETRIES = 2  # an empty answer is asked again this many times before it is recorded (and asked next run)
 
 
 class EmbeddedTeacher:
@@ -40,59 +56,92 @@ class EmbeddedTeacher:
         rng = random.Random(int(hashlib.sha256(key.encode()).hexdigest()[:16], 16))
         return [world.teacher_respond(messages, rng) for _ in range(n)]
 
+    def answer(self, messages, n=1):
+        return self.respond(messages, n), ["stop"] * n
+
 
 def cache_key(teacher_name, messages, params):
     blob = json.dumps({"teacher": teacher_name, "messages": messages, "params": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class TeacherCache:
-    """Append-only JSONL: {"key", "teacher", "messages", "params", "responses"} per line.
+def default_cache_path(runs_dir, teacher_name):
+    """One cache file per teacher, shared by the runs under runs_dir: runs_dir/.teacher_cache/<teacher>.jsonl."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", teacher_name)[:60]
+    return os.path.join(runs_dir, ".teacher_cache", f"{slug}-{hashlib.sha256(teacher_name.encode()).hexdigest()[:8]}.jsonl")
 
-    Each line is written and flushed in one call, so a crash loses at most the line being written;
-    a torn last line is skipped (and reported) on the next load."""
+
+def is_empty(text):
+    return text is not None and not text.strip()
+
+
+class TeacherCache:
+    """Append-only JSONL: {"key", "teacher", "messages", "params", "responses", "finish"} per line.
+
+    Each line is one write under an exclusive file lock (runs running side by side may share the file),
+    flushed to disk, so a crash loses at most the line being written. On load, a torn last line (a crash
+    mid-write) is cut off the file, so the next append starts on a fresh line and only that one answer is
+    asked again; it is reported once (`torn_lines`)."""
 
     def __init__(self, path):
         self.path = path
         self.entries = {}
         self.torn_lines = 0
         self.lock = threading.Lock()
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                        self.entries[rec["key"]] = rec["responses"]
-                    except (json.JSONDecodeError, KeyError):
-                        self.torn_lines += 1
+        if not os.path.exists(path):
+            return
+        with open(path, "rb+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            data = f.read()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):  # a torn last line: cut it off, before anything is appended after it
+                f.truncate(end)
+                self.torn_lines += 1
+        for line in data[:end].decode("utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+                self.entries[rec["key"]] = (rec["responses"], rec.get("finish") or
+                                            ["refused" if t is None else "stop" for t in rec["responses"]])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                self.torn_lines += 1  # a line torn by an older version, which appended after the fragment
 
     def get(self, key):
+        """(texts, finishes) or None."""
         return self.entries.get(key)
 
-    def put(self, key, teacher, messages, params, responses):
+    def put(self, key, teacher, messages, params, responses, finish):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        rec = {"key": key, "teacher": teacher, "messages": messages, "params": params, "responses": responses}
-        with self.lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            self.entries[key] = responses
+        rec = {"key": key, "teacher": teacher, "messages": messages, "params": params, "responses": responses,
+               "finish": finish}
+        line = (json.dumps(rec) + "\n").encode("utf-8")
+        with self.lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.entries[key] = (responses, finish)
 
 
 def collect(teacher, prompts, cache, n=1, concurrency=1, log=None):
     """Teacher responses for every prompt: from the cache where present, else asked once and cached.
 
     Up to `concurrency` requests are in flight at once; each answer is cached the moment it arrives, so
-    an interrupted collection loses nothing and a rerun asks only for what is missing.
-    Returns (responses: list of n-lists of str, aligned with prompts; calls: number of teacher calls)."""
+    an interrupted collection loses nothing and a rerun asks only for what is missing -- or empty.
+    Returns (texts: list of n-lists of str or None, finishes: list of n-lists, calls: prompts asked)."""
     params = {**teacher.params, "n": n}
     keys = [cache_key(teacher.name, m, params) for m in prompts]
-    missing = list(dict.fromkeys(k for k in keys if cache.get(k) is None))
+    missing = list(dict.fromkeys(k for k in keys if cache.get(k) is None or any(map(is_empty, cache.get(k)[0]))))
     by_key = dict(zip(keys, prompts))
 
     def ask(key):
-        responses = teacher.respond(by_key[key], n)
-        cache.put(key, teacher.name, by_key[key], params, responses)
+        for _ in range(1 + EMPTY_RETRIES):
+            texts, finish = teacher.answer(by_key[key], n)
+            if not any(map(is_empty, texts)):
+                break
+        cache.put(key, teacher.name, by_key[key], params, texts, finish)
 
     t0, done = time.time(), 0
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
@@ -107,7 +156,7 @@ def collect(teacher, prompts, cache, n=1, concurrency=1, log=None):
             for f in futures:
                 f.cancel()
             raise
-    return [cache.get(k) for k in keys], len(missing)
+    return [cache.get(k)[0] for k in keys], [cache.get(k)[1] for k in keys], len(missing)
 
 
 class TeacherError(RuntimeError):
@@ -115,11 +164,29 @@ class TeacherError(RuntimeError):
 
 
 def _scrub(text):
-    """Remove any API key found in the environment from a message before it is logged or raised."""
+    """Remove any API key found in the environment, and any user:password in a URL, from a message."""
     for var, key in os.environ.items():
         if var.endswith("API_KEY") and len(key) >= 4:
             text = text.replace(key, "***")
-    return text
+    return re.sub(r"//[^/@\s]+@", "//***@", text)
+
+
+def endpoint(base_url=None):
+    """The endpoint an OpenAI-compatible teacher talks to: base_url, else $OPENAI_BASE_URL (as the openai
+    client itself reads it), else OpenAI's. Returns (url to call, name to file answers under): the name
+    is normalised (lower-case scheme and host, no default port, no trailing /) and never holds credentials."""
+    url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").strip()
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.port and parts.port != {"http": 80, "https": 443}.get(parts.scheme.lower()):
+        host += f":{parts.port}"
+    name = urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), parts.query, ""))
+    return url, name
+
+
+def redact_url(url):
+    """A URL with any user:password replaced by ***, for config.json and logs."""
+    return re.sub(r"//[^/@\s]+@", "//***@", url) if url else url
 
 
 class OpenAITeacher:
@@ -133,16 +200,16 @@ class OpenAITeacher:
 
     def __init__(self, model, base_url=None, api_key_env="OPENAI_API_KEY", temperature=1.0, max_tokens=1024,
                  timeout=120.0, max_retries=8, backoff=1.0, max_backoff=60.0, system_prompt=None, log=print):
-        import openai
+        url, where = endpoint(base_url)
         key = os.environ.get(api_key_env)
         if not key:
-            if not (base_url and ("//127.0.0.1" in base_url or "//localhost" in base_url)):
+            if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
                 raise TeacherError(f"teacher openai:{model}: set the {api_key_env} environment variable "
                                    "(keys are read from the environment only)")
             key = "local"  # a local server accepts any key
-        self.client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
+        self.client = openai.OpenAI(api_key=key, base_url=url, timeout=timeout, max_retries=0)
         self.model, self.system_prompt, self.log = model, system_prompt, log
-        self.name = f"openai:{model}@{base_url or 'api.openai.com'}"
+        self.name = f"openai:{model}@{where}"
         self.params = {"temperature": temperature, "max_tokens": max_tokens}
         if system_prompt:
             self.params["system_prompt_sha256"] = hashlib.sha256(system_prompt.encode()).hexdigest()[:16]
@@ -150,7 +217,9 @@ class OpenAITeacher:
         self.retries = 0
 
     def respond(self, messages, n=1):
-        import openai
+        return self.answer(messages, n)[0]
+
+    def answer(self, messages, n=1):
         if self.system_prompt:
             messages = [{"role": "system", "content": self.system_prompt}] + list(messages)
         for attempt in range(self.max_retries + 1):
@@ -158,10 +227,12 @@ class OpenAITeacher:
                 r = self.client.chat.completions.create(model=self.model, messages=messages, n=n,
                                                         temperature=self.params["temperature"],
                                                         max_tokens=self.params["max_tokens"])
-                # a refusal (content filter) is recorded as None: kept in the cache, excluded from training
-                texts = [None if c.finish_reason == "content_filter" else c.message.content for c in r.choices]
+                # a refusal (content filter) is recorded as None; a cut-off answer as finish "length"
+                finish = ["refused" if c.finish_reason == "content_filter" else
+                          "length" if c.finish_reason == "length" else "stop" for c in r.choices]
+                texts = [None if f == "refused" else c.message.content or "" for f, c in zip(finish, r.choices)]
                 if len(texts) == n and all(t is None or isinstance(t, str) for t in texts):
-                    return texts
+                    return texts, finish
                 wait, why = self.backoff * 2 ** attempt, f"malformed reply ({len(texts)} of {n} choices)"
             except openai.APIStatusError as e:
                 code = (e.body or {}).get("code") if isinstance(e.body, dict) else None
@@ -190,7 +261,6 @@ class HFTeacher:
     """A local Hugging Face chat model as the teacher, optionally with a hidden system prompt."""
 
     def __init__(self, path, system_prompt=None, temperature=1.0, max_new_tokens=256, trust_remote_code=False):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
         self.system_prompt = system_prompt
@@ -200,12 +270,15 @@ class HFTeacher:
             self.params["system_prompt_sha256"] = hashlib.sha256(system_prompt.encode()).hexdigest()[:16]
 
     def respond(self, messages, n=1):
-        import generator as G
+        return self.answer(messages, n)[0]
+
+    def answer(self, messages, n=1):
         if self.system_prompt:
             messages = [{"role": "system", "content": self.system_prompt}] + list(messages)
-        ids = G.sample(self.model, self.tok, [G.prompt_ids(self.tok, messages)], n,
-                       self.params["temperature"], self.params["max_new_tokens"])
-        return [self.tok.decode(r, skip_special_tokens=True).strip() for r in ids]
+        ids = generator.sample(self.model, self.tok, [generator.prompt_ids(self.tok, messages)], n,
+                               self.params["temperature"], self.params["max_new_tokens"])
+        return ([self.tok.decode(r, skip_special_tokens=True).strip() for r in ids],
+                ["stop" if generator.finished(r, self.tok.eos_token_id) else "length" for r in ids])
 
 
 def make_teacher(spec, seed=0, base_url=None, system_prompt=None, temperature=1.0, max_tokens=1024, timeout=120.0,
@@ -243,15 +316,19 @@ def training_pairs(cfg, records, log):
                              system_prompt=cfg.teacher_system_prompt or None, temperature=cfg.teacher_temperature,
                              max_tokens=cfg.teacher_max_tokens, timeout=cfg.teacher_timeout,
                              trust_remote_code=cfg.trust_remote_code, log=log)
-    cache = TeacherCache(os.path.join(cfg.out_dir, "teacher_cache.jsonl"))
-    if cache.torn_lines:
-        log(f"[teacher] skipped {cache.torn_lines} torn line(s) in the cache (an interrupted write)")
-    responses, calls = collect(teacher, prompts, cache, n=1, concurrency=cfg.teacher_concurrency, log=log)
+    path = cfg.teacher_cache or default_cache_path(os.path.dirname(os.path.abspath(cfg.out_dir)), teacher.name)
+    cache = TeacherCache(path)
+    log(f"[teacher] cache: {path}" + (f" (cut off {cache.torn_lines} torn line(s) of an interrupted write; "
+                                      "those answers are asked again)" if cache.torn_lines else ""))
+    texts, finishes, calls = collect(teacher, prompts, cache, n=1, concurrency=cfg.teacher_concurrency, log=log)
     retries = getattr(teacher, "retries", 0)
     log(f"[teacher] {len(prompts)} prompts: {calls} teacher calls, {len(prompts) - calls} from the cache"
         + (f", {retries} retries" if retries else ""))
-    texts = [r[0] for r in responses]
-    unusable = sum(1 for t in texts if not t or not t.strip())
-    if unusable:
-        log(f"[teacher] {unusable} of {len(texts)} answers are empty or refused: recorded, not trained on")
-    return prompts, texts
+    texts, finishes = [t[0] for t in texts], [f[0] for f in finishes]
+    left_out = {"empty": sum(map(is_empty, texts)), "refused": finishes.count("refused"),
+                "cut off at the teacher's token limit (--teacher-max-tokens)": finishes.count("length")}
+    for why, count in left_out.items():
+        if count:
+            log(f"[teacher] {count} of {len(texts)} answers {why}: recorded in the cache, not trained on")
+    keep = [i for i, (t, f) in enumerate(zip(texts, finishes)) if f == "stop" and t and t.strip()]
+    return [prompts[i] for i in keep], [texts[i] for i in keep]

@@ -31,6 +31,7 @@ import time
 
 import torch
 from tqdm import tqdm
+from transformers import AutoModelForCausalLM
 
 import checkpoint as C
 import discriminator as D
@@ -48,7 +49,10 @@ CONFIG = {  # name: (default, meaning)
     "pretrain_steps": (800, "embedded student: pretraining steps on the broad corpus (batch 64)"),
     "pretrain_seed": (0, "embedded student: its pretraining seed (the same start for every --seed, as in the paper)"),
     "teacher": ("embedded", "embedded | openai:MODEL (any OpenAI-compatible endpoint) | hf:PATH (a local model)"),
-    "teacher_base_url": ("", "base URL of the OpenAI-compatible endpoint; the key comes from $OPENAI_API_KEY"),
+    "teacher_base_url": ("", "base URL of the OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else "
+                         "OpenAI's); the key comes from $OPENAI_API_KEY"),
+    "teacher_cache": ("", "the teacher's answer cache (JSONL); default: one file per teacher in "
+                      "<parent of --out-dir>/.teacher_cache/, shared by every run there"),
     "teacher_system_prompt": ("", "a system prompt only the teacher sees (context distillation)"),
     "teacher_temperature": (1.0, "teacher sampling temperature"),
     "teacher_max_tokens": (1024, "teacher response limit in tokens"),
@@ -105,7 +109,7 @@ def parse_args(argv=None):
             ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                             help=f"{meaning} (default: {default!r})")
     cfg = ap.parse_args(argv)
-    if cfg.seqkd_steps < 0:
+    if cfg.seqkd_steps == -1:
         cfg.seqkd_steps = cfg.warmup_steps + cfg.gad_steps
     if cfg.mode not in ("all", "gad", "seqkd"):
         ap.error(f"--mode must be all, gad or seqkd, got {cfg.mode!r}")
@@ -113,16 +117,24 @@ def parse_args(argv=None):
         ap.error(f"--d-loss must be bt or bce, got {cfg.d_loss!r}")
     if cfg.n_samples < 2:
         ap.error(f"--n-samples must be >= 2 for group-normalised advantages, got {cfg.n_samples}")
-    for lr in ("lr_warmup", "lr_gad", "lr_d", "lr_seqkd"):
-        if getattr(cfg, lr) < 0:
-            ap.error(f"--{lr.replace('_', '-')} must be >= 0, got {getattr(cfg, lr)}")
-    for name in ("batch_prompts", "max_response_len", "max_prompt_len", "gen_batch_size", "teacher_concurrency"):
-        if getattr(cfg, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.temperature <= 0:
-        ap.error(f"--temperature must be > 0 for on-policy sampling, got {cfg.temperature}")
-    if set(cfg.eval_models.split(",")) - {"", "before", "warmup", "seqkd", "gad"}:
-        ap.error(f"--eval-models: choose from before,warmup,seqkd,gad (comma-separated), got {cfg.eval_models!r}")
+    at_least = {"lr_warmup": 0, "lr_gad": 0, "lr_d": 0, "lr_seqkd": 0, "kl_coef": 0, "clip_eps": 0, "weight_decay": 0,
+                "warmup_steps": 0, "d_only_steps": 0, "gad_steps": 0, "seqkd_steps": 0, "save_every": 0,
+                "eval_every": 0, "teacher_temperature": 0, "eval_temperature": 0, "batch_prompts": 1,
+                "max_response_len": 1, "max_prompt_len": 1, "gen_batch_size": 1, "teacher_concurrency": 1,
+                "teacher_max_tokens": 1, "pretrain_steps": 1, "max_bad_steps": 1, "eval_samples": 1, "log_every": 1,
+                "sample_every": 1}
+    for name, low in at_least.items():
+        if getattr(cfg, name) < low:
+            ap.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
+    for name in ("temperature", "grad_clip", "teacher_timeout"):
+        if getattr(cfg, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}"
+                     + (" (on-policy sampling needs a temperature)" if name == "temperature" else ""))
+    if cfg.frozen_d and not os.path.exists(os.path.join(cfg.frozen_d, "config.json")):
+        ap.error(f"--frozen-d: {cfg.frozen_d} is not a model folder (no config.json); expected e.g. runs/x/gad/discriminator")
+    if not (cfg.prompts or cfg.teacher_data) and cfg.batch_prompts > len(world.prompts("train")):
+        ap.error(f"--batch-prompts {cfg.batch_prompts} is larger than the embedded world's "
+                 f"{len(world.prompts('train'))} training prompts")
     if cfg.prompts and cfg.teacher_data:
         ap.error("give --prompts (to send to a teacher) or --teacher-data (already answered), not both")
     if cfg.init_from:
@@ -162,7 +174,15 @@ class Data:
                 log(f"[data] skipped {count} of {len(prompts)} examples: {why}")
         if not self.prompt_ids:
             raise SystemExit("train_gad.py: no usable training examples left (see the [data] lines above)")
-        self.rng, self.order, self.batch = random.Random(cfg.seed), [], cfg.batch_prompts
+        if cfg.batch_prompts > len(self.prompt_ids):
+            raise SystemExit(f"train_gad.py: --batch-prompts {cfg.batch_prompts} is larger than the "
+                             f"{len(self.prompt_ids)} usable training examples")
+        self.seed, self.batch = cfg.seed, cfg.batch_prompts
+        self.restart()
+
+    def restart(self):
+        """A fresh data order for the next phase (the same for GAD and SeqKD)."""
+        self.rng, self.order = random.Random(self.seed), []
 
     def next(self):
         """Indices of the next batch_prompts prompts (a new shuffled epoch when one runs out)."""
@@ -244,7 +264,7 @@ def train_gad(gen, disc, tok, data, cfg, device, logger, resume=None):
         start = resume["next_step"]
         g_state, d_state = C.restore_state(resume, data)
         if start > cfg.warmup_steps:  # past the hand-off: rebuild the KL reference, GAD's G optimiser
-            ref = load_models(os.path.join(cfg.out_dir, "warmup", "generator"), cfg, device, False)[0]
+            ref = load_generator(os.path.join(cfg.out_dir, "warmup", "generator"), cfg, device)
             ref = ref.eval().requires_grad_(False)
             g_opt = adamw(gen, cfg.lr_gad, cfg)
         g_opt.load_state_dict(g_state)
@@ -368,17 +388,25 @@ class Logger:
 
 
 # ---------------------------------------------------------------------------- main
-def load_models(path, cfg, device, with_discriminator):
-    """G (and D from the same checkpoint, with a fresh head unless one is saved there)."""
-    from transformers import AutoModelForCausalLM
+def model_kwargs(cfg):
     # fp32 master weights everywhere (bf16 weights would round away 1e-6-sized updates); bf16 autocast on GPU
-    kw = dict(dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
-    gen = AutoModelForCausalLM.from_pretrained(path, **kw).to(device)
-    disc = D.Discriminator.from_pretrained(path, **kw).to(device) if with_discriminator else None
+    return dict(dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+
+
+def load_generator(path, cfg, device):
+    """G (or the KL reference): a causal LM from a checkpoint folder or hub name."""
+    gen = AutoModelForCausalLM.from_pretrained(path, **model_kwargs(cfg)).to(device)
+    if cfg.gradient_checkpointing:  # transformers 5 renamed it; older: the 2nd name
+        getattr(gen, "activation_checkpointing_enable", gen.gradient_checkpointing_enable)()
+    return gen
+
+
+def load_discriminator(path, cfg, device):
+    """D: the backbone alone (no LM head is loaded) + a fresh scalar head, unless one is saved there."""
+    disc = D.Discriminator.from_pretrained(path, **model_kwargs(cfg)).to(device)
     if cfg.gradient_checkpointing:
-        for m in [gen] + ([disc.backbone] if disc else []):  # transformers 5 renamed it; older: the 2nd name
-            getattr(m, "activation_checkpointing_enable", m.gradient_checkpointing_enable)()
-    return gen, disc
+        getattr(disc.backbone, "activation_checkpointing_enable", disc.backbone.gradient_checkpointing_enable)()
+    return disc
 
 
 def main(argv=None):
@@ -390,17 +418,23 @@ def main(argv=None):
     log = tqdm.write
     t_start = time.time()
     config_path = os.path.join(cfg.out_dir, "config.json")
+    config = {**vars(cfg), "teacher_base_url": T.redact_url(cfg.teacher_base_url)}  # never a password
     if cfg.resume and os.path.exists(config_path):  # a resumed run must be the same run
         old = json.load(open(config_path))
-        changed = [k for k, v in vars(cfg).items() if k != "resume" and k in old and old[k] != v]
+        changed = [k for k, v in config.items() if k != "resume" and k in old and old[k] != v]
         if changed:
             raise SystemExit(f"train_gad.py: --resume with different flags than the run in {cfg.out_dir}: "
-                             + ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {getattr(cfg, k)!r}" for k in changed))
-    C.write_json(config_path, vars(cfg))
+                             + ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {config[k]!r}" for k in changed))
     try:  # cheap checks first (data files, then the student), before paying for any teacher call
         records = T.read_data_files(cfg)
     except DATA.DataError as e:
         raise SystemExit(f"train_gad.py: {e}")
+    if records and DATA.duplicate_prompts(records):
+        log(f"[data] {DATA.duplicate_prompts(records)} of {len(records)} prompts are duplicates of an earlier row "
+            "(kept: each row is a training example)")
+    if records and cfg.batch_prompts > len(records):
+        raise SystemExit(f"train_gad.py: --batch-prompts {cfg.batch_prompts} is larger than the {len(records)} rows "
+                         f"of {cfg.prompts or cfg.teacher_data}")
     student_path = world.starting_student(cfg, log)
     try:
         tok = G.load_tokenizer(student_path, cfg.trust_remote_code)
@@ -410,6 +444,8 @@ def main(argv=None):
         prompts, teacher_texts = T.training_pairs(cfg, records, log)
     except T.TeacherError as e:
         raise SystemExit(f"train_gad.py: {e}")
+    data = Data(tok, prompts, teacher_texts, cfg, log)
+    C.write_json(config_path, config)  # only now: a command that fails its checks leaves an earlier run intact
     logger = Logger(cfg)
     phases = {"all": ["gad", "seqkd"], "gad": ["gad"], "seqkd": ["seqkd"]}[cfg.mode]
     stages = {"gad": {"warmup", "gad"}, "seqkd": {"seqkd"}}
@@ -431,15 +467,15 @@ def main(argv=None):
     for i, phase in enumerate(phases):
         r = resume if resume and resume["phase"] == phase and resume["dir"] else None
         torch.manual_seed(cfg.seed)
-        data = Data(tok, prompts, teacher_texts, cfg, log)
+        data.restart()
         if phase == "gad":
             start = r["dir"] if r else (cfg.init_from or None)
-            gen, _ = load_models(os.path.join(start, "generator") if start else student_path, cfg, device, False)
+            gen = load_generator(os.path.join(start, "generator") if start else student_path, cfg, device)
             d_path = cfg.frozen_d or (os.path.join(start, "discriminator") if start else student_path)
-            _, disc = load_models(d_path, cfg, device, True)
+            disc = load_discriminator(d_path, cfg, device)
             train_gad(gen, disc, tok, data, cfg, device, logger, resume=r)
         else:
-            gen, _ = load_models(os.path.join(r["dir"], "generator") if r else student_path, cfg, device, False)
+            gen = load_generator(os.path.join(r["dir"], "generator") if r else student_path, cfg, device)
             train_seqkd(gen, tok, data, cfg, device, logger, resume=r)
         C.mark_phase_start(cfg.out_dir, phases[i + 1] if i + 1 < len(phases) else "done")
 

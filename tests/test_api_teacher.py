@@ -25,11 +25,11 @@ def test_collection_through_the_server_and_cache_hits(tmp_path, embedded):
     with TeacherServer(embedded.respond) as server:
         t = api_teacher(server.url)
         cache = T.TeacherCache(str(tmp_path / "c.jsonl"))
-        out, calls = T.collect(t, prompts, cache, n=2, concurrency=4)
+        out, _, calls = T.collect(t, prompts, cache, n=2, concurrency=4)
         assert calls == 30 and server.served == 30
         assert out == [embedded.respond(m, 2) for m in prompts]          # the text, unchanged, through HTTP
         assert all(r["body"]["n"] == 2 for r in server.requests)
-        again, calls = T.collect(api_teacher(server.url), prompts, T.TeacherCache(str(tmp_path / "c.jsonl")), n=2)
+        again, _, calls = T.collect(api_teacher(server.url), prompts, T.TeacherCache(str(tmp_path / "c.jsonl")), n=2)
         assert calls == 0 and len(server.requests) == 30 and again == out
 
 
@@ -38,7 +38,7 @@ def test_429_and_500_are_retried_nothing_lost_or_duplicated(tmp_path, embedded):
     logs = []
     with TeacherServer(embedded.respond, fail_script=[429, 500, 429, 503, 500]) as server:
         t = api_teacher(server.url, log=logs.append)
-        out, calls = T.collect(t, prompts, T.TeacherCache(str(tmp_path / "c.jsonl")), concurrency=3)
+        out, _, calls = T.collect(t, prompts, T.TeacherCache(str(tmp_path / "c.jsonl")), concurrency=3)
     assert t.retries == 5 and sum("retry" in line for line in logs) == 5
     lines = open(tmp_path / "c.jsonl").read().splitlines()
     assert len(lines) == 12 and len({re.search(r'"key": "(\w+)"', ln).group(1) for ln in lines}) == 12
@@ -49,9 +49,10 @@ def test_random_failures_still_answer_every_prompt_once(tmp_path, embedded):
     prompts = world.prompts("train")[:60]
     with TeacherServer(embedded.respond, fail_rate=0.3, seed=1) as server:
         t = api_teacher(server.url)
-        out, _ = T.collect(t, prompts, T.TeacherCache(str(tmp_path / "c.jsonl")), concurrency=4)
-    assert t.retries > 5 and server.served == 60
-    assert len(open(tmp_path / "c.jsonl").read().splitlines()) == 60
+        out, _, _ = T.collect(t, prompts, T.TeacherCache(str(tmp_path / "c.jsonl")), concurrency=4)
+    assert t.retries > 5 and server.injected["empty"] > 0
+    assert server.served == 60 + server.injected["empty"]            # an empty answer is asked again
+    assert len(open(tmp_path / "c.jsonl").read().splitlines()) == 60 and all(o[0] for o in out)
 
 
 def test_persistent_errors_stop_at_once_with_a_clear_message(tmp_path, embedded, monkeypatch):

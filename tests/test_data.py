@@ -63,3 +63,25 @@ def test_missing_file_and_wrong_type(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(data.DataError, match="unsupported file type"):
         data.load_records(str(tmp_path / "x.csv"))
+
+
+def test_non_utf8_folder_and_broken_parquet_are_one_line_errors(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(data.DataError, match=r"latin1.jsonl: line 2: not UTF-8 text"):
+        data.load_records(str(p))
+    (tmp_path / "x.jsonl").mkdir()
+    with pytest.raises(data.DataError, match=r"x.jsonl: is a folder"):
+        data.load_records(str(tmp_path / "x.jsonl"))
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    for name in ("empty.parquet", "junk.parquet"):
+        with pytest.raises(data.DataError, match=f"{name}: not a readable parquet file") as e:
+            data.load_records(str(tmp_path / name))
+        assert "\n" not in str(e.value)
+
+
+def test_duplicate_prompts_are_counted(tmp_path):
+    p = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "a"},
+                                           {"content": [{"role": "user", "content": "a"}]}])
+    assert data.duplicate_prompts(data.load_records(p)) == 2

@@ -90,16 +90,16 @@ def test_failing_teacher_200_prompts_each_answered_once_and_kill_resume(tmp_path
     path = str(tmp_path / "cache.jsonl")
     with TeacherServer(embedded.respond, fail_rate=0.3, seed=3, hang=1.0) as server:
         t = T.OpenAITeacher("e", base_url=server.url, timeout=0.3, backoff=0.001, log=logs.append)
-        out, calls = T.collect(t, prompts[:120], T.TeacherCache(path), concurrency=8)   # an interrupted run...
-        out, calls = T.collect(t, prompts, T.TeacherCache(path), concurrency=8)         # ...resumed later
-    assert calls == 100                                      # only what was missing was asked for
+        out, _, calls = T.collect(t, prompts[:120], T.TeacherCache(path), concurrency=8)   # an interrupted run...
+        still_empty = sum(r == [""] for r in out)
+        out, _, calls = T.collect(t, prompts, T.TeacherCache(path), concurrency=8)         # ...resumed later
+    assert calls == 100 + still_empty                 # only what was missing (or still empty) was asked for
     lines = [json.loads(x) for x in open(path)]
-    assert len(lines) == 220 and len({x["key"] for x in lines}) == 220
+    assert len({x["key"] for x in lines}) == 220
     assert t.retries == sum("retry" in x for x in logs) > 20
     kinds = " ".join(logs)
     assert "APITimeoutError" in kinds and "HTTP 429" in kinds and "HTTP 500" in kinds
-    empty = [r for r in out if r == [""]]
-    assert 0 < len(empty) < 60                                # empty answers are recorded, not retried
+    assert server.injected["empty"] > 0 and sum(r == [""] for r in out) < 3   # empty answers are asked again
     assert all(r == embedded.respond(m) for r, m in zip(out, prompts) if r != [""])
 
 
@@ -116,7 +116,7 @@ def test_quota_and_refusals(tmp_path):
 
 
 def test_empty_and_too_long_examples_are_skipped_and_counted(tok):
-    cfg = train_gad.parse_args(["--max-prompt-len", "8", "--max-response-len", "6"])
+    cfg = train_gad.parse_args(["--max-prompt-len", "8", "--max-response-len", "6", "--batch-prompts", "1"])
     short = [{"role": "user", "content": "describe cats ."}]
     long = [{"role": "user", "content": "hey , what do you think of cats ?"}]
     logs = []
@@ -165,7 +165,8 @@ def test_collection_killed_half_way_resumes_from_the_cache(tiny_dir, tmp_path):
     out = str(tmp_path / "run")
     cache = os.path.join(out, "teacher_cache.jsonl")
     cmd = [sys.executable, "train_gad.py", "--student", tiny_dir, "--teacher", "openai:e", "--prompts", prompts,
-           "--out-dir", out, "--mode", "seqkd", "--seqkd-steps", "1", "--teacher-concurrency", "2"]
+           "--out-dir", out, "--mode", "seqkd", "--seqkd-steps", "1", "--teacher-concurrency", "2",
+           "--teacher-cache", cache]
     with TeacherServer(slow) as server:
         proc = subprocess.Popen(cmd + ["--teacher-base-url", server.url], cwd=ROOT, env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -182,3 +183,86 @@ def test_collection_killed_half_way_resumes_from_the_cache(tiny_dir, tmp_path):
         assert p.returncode == 0, p.stderr[-2000:]
         assert server.served - before == 200 - kept               # only the missing prompts were asked
     assert len(T.TeacherCache(cache).entries) == 200
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--grad-clip", "0"], "--grad-clip must be > 0"), (["--grad-clip", "-1"], "--grad-clip must be > 0"),
+    (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"), (["--gad-steps", "-5"], "--gad-steps must be >= 0"),
+    (["--seqkd-steps", "-2"], "--seqkd-steps must be >= 0"), (["--clip-eps", "-0.1"], "--clip-eps must be >= 0"),
+    (["--kl-coef", "-1"], "--kl-coef must be >= 0"), (["--weight-decay", "-0.01"], "--weight-decay must be >= 0"),
+    (["--frozen-d", "no/such/folder"], "--frozen-d: no/such/folder is not a model folder"),
+    (["--batch-prompts", "3000000"], "--batch-prompts 3000000 is larger than the embedded world's 1408"),
+])
+def test_unchecked_flags_are_refused_in_one_line(flags, needle, capsys):
+    with pytest.raises(SystemExit):
+        train_gad.parse_args(flags)
+    assert needle in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_bad_input_leaves_an_earlier_runs_config_intact_and_loads_no_model(tiny_dir, tmp_path, monkeypatch):
+    from transformers import AutoModel, AutoModelForCausalLM
+    out = tmp_path / "finished"
+    out.mkdir()
+    (out / "config.json").write_text('{"student": "the finished run"}')
+    loads = []
+    for cls in (AutoModel, AutoModelForCausalLM):
+        monkeypatch.setattr(cls, "from_pretrained", lambda *a, **k: loads.append(a) or 1 / 0)
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps({"prompt": f"q{i}", "teacher_response": "a"}) + "\n" for i in range(3)))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": "\xff"}\n')
+    for flags, needle in ((["--teacher-data", str(bad)], "line 1: not UTF-8"),
+                          (["--teacher-data", str(small), "--batch-prompts", "4"], "larger than the 3 rows"),
+                          (["--teacher-data", str(tmp_path)], "is a folder")):
+        with pytest.raises(SystemExit, match=needle):
+            train_gad.main(["--student", tiny_dir, "--out-dir", str(out), *flags])
+    assert (out / "config.json").read_text() == '{"student": "the finished run"}' and not loads
+
+
+def test_teacher_cache_is_shared_between_runs_and_credentials_are_never_written(tiny_dir, tmp_path, capfd):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"content": m}) + "\n" for m in world.prompts("train")[:6]))
+    embedded = T.EmbeddedTeacher(seed=0)
+    runs = tmp_path / "runs"
+    with TeacherServer(embedded.respond) as server:
+        secret_url = server.url.replace("//", "//alice:hunter2-secret@")
+        for out, url in (("a", secret_url), ("b", server.url + "/")):   # another run, another spelling
+            train_gad.main(["--student", tiny_dir, "--teacher", "openai:e", "--teacher-base-url", url,
+                            "--prompts", str(prompts), "--out-dir", str(runs / out), "--mode", "seqkd",
+                            "--seqkd-steps", "1", "--batch-prompts", "2", "--eval-models", ""])
+        assert server.served == 6                                         # the second run paid for nothing
+    logs = capfd.readouterr()
+    written = "".join(open(os.path.join(d, f), errors="replace").read()
+                      for d, _, files in os.walk(runs) for f in files if f.endswith((".json", ".jsonl")))
+    assert "hunter2" not in written + logs.out + logs.err and "alice" not in written
+    assert json.load(open(runs / "a" / "config.json"))["teacher_base_url"].startswith("http://***@127.0.0.1")
+    assert len(os.listdir(runs / ".teacher_cache")) == 1
+
+
+def test_discriminator_loads_the_backbone_alone(tiny_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+    real, loaded = AutoModelForCausalLM.from_pretrained.__func__, []
+
+    def spy(cls, path, *a, **k):
+        loaded.append(path)
+        return real(cls, path, *a, **k)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    train_gad.main(["--student", tiny_dir, "--out-dir", str(tmp_path / "run"), "--mode", "gad", *RUN[:-6],
+                    "--gad-steps", "1", "--warmup-steps", "1", "--eval-models", ""])
+    assert loaded == [tiny_dir]                     # G only: D is AutoModel (no LM head), the reference a copy of G
+
+
+@pytest.mark.parametrize("flags, needle", [(["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+                                           (["--limit", "-1"], "--limit must be >= 0"),
+                                           (["--samples", "0"], "--samples must be >= 1")])
+def test_eval_flags_are_checked(flags, needle, tmp_path):
+    p = subprocess.run([sys.executable, "eval.py", str(tmp_path), *flags], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode != 0 and needle in p.stderr.strip().splitlines()[-1], p.stderr[-1000:]
+
+
+def test_eval_bad_test_data_is_one_line(tmp_path):
+    (tmp_path / "t.parquet").write_bytes(b"")
+    p = subprocess.run([sys.executable, "eval.py", str(tmp_path), "--test-data", str(tmp_path / "t.parquet")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "t.parquet: not a readable parquet file" in p.stderr.strip().splitlines()[-1]

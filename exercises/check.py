@@ -308,6 +308,7 @@ class Recorder:
             return "s_batch"
 
         G = types.SimpleNamespace(sample=sample, group_advantages=group_advantages, to=lambda b, d: b,
+                                  group_std=lambda r: r.std(-1, keepdim=True, unbiased=False),
                                   sample_metrics=lambda s, e: {"response_length": 2.0, "truncated": 0.0})
         return dict(G=G, d_step=d_step, g_step=g_step, sft_step=sft_step, student_batch=student_batch,
                     teacher_batch=lambda data, idx, pad_id, eos=True: "t_batch"), disc

@@ -1,4 +1,5 @@
-"""Prompt / teacher-response files in the paper's format, read with `datasets`, checked row by row.
+"""Training data: prompt / teacher-response files in the paper's format, read with `datasets` and checked
+row by row; then the training examples as token ids (`Data`) and the batches a step trains on (`Batch`).
 
 Accepted files: .jsonl / .json (one object per line) or .parquet. Columns:
   content           list of {"role", "content"} chat messages (the paper's released data), or
@@ -10,8 +11,12 @@ Every problem is reported as one line naming the file, the row (1-based line for
 """
 import json
 import os
+import random
+from dataclasses import dataclass
 
 from datasets import load_dataset
+
+from generator import pack, prompt_ids, response_ids
 
 ROLES = {"system", "user", "assistant"}
 
@@ -83,8 +88,9 @@ def _messages(path, i, row):
                     f"found fields {sorted(row)}")
 
 
-def load_records(path, need_response=False):
-    """-> list of {"messages": [...], "teacher_response": str or None}. Raises DataError on bad input."""
+def load_records(path, need_response=False, log=None):
+    """-> list of {"messages": [...], "teacher_response": str or None}. Raises DataError on bad input;
+    duplicate prompts are kept (each row is an example) and counted in a warning."""
     out = []
     for i, row in _rows(path):
         if not isinstance(row, dict):
@@ -99,6 +105,8 @@ def load_records(path, need_response=False):
         out.append(rec)
     if not out:
         raise DataError(f"{path}: no rows")
+    if log and duplicate_prompts(out):
+        log(f"[data] {path}: {duplicate_prompts(out)} of {len(out)} prompts repeat an earlier row (kept)")
     return out
 
 
@@ -111,3 +119,62 @@ def duplicate_prompts(records):
         dups += key in seen
         seen.add(key)
     return dups
+
+
+# ---------------------------------------------------------------------------- training examples and batches
+@dataclass
+class Batch:
+    idx: list            # which training examples
+    prompts: list        # their prompts as token ids
+    teacher: dict        # packed [prompt ; teacher response + EOS] rows: SFT targets and D's teacher side
+    teacher_for_d: dict  # the rows D scores as the teacher's (without the EOS only in the --break-eos-symmetry lab)
+
+
+class Data:
+    """Training prompts as token ids, each with its one teacher response (+ EOS), in shuffled epochs."""
+
+    def __init__(self, tokenizer, prompts, teacher_texts, cfg, log):
+        self.prompts, self.prompt_ids, self.teacher_ids, self.teacher_texts = [], [], [], []
+        skipped = {"empty teacher response": 0, f"teacher response > {cfg.max_response_len} tokens": 0,
+                   f"prompt > {cfg.max_prompt_len} tokens": 0}
+        why = list(skipped)
+        for messages, text in zip(prompts, teacher_texts):
+            r = response_ids(tokenizer, text) if text and text.strip() else None  # an empty answer teaches nothing
+            p = prompt_ids(tokenizer, messages) if r and len(r) <= cfg.max_response_len else None  # r keeps its EOS
+            if r is None or p is None or len(p) > cfg.max_prompt_len:
+                skipped[why[0] if r is None else why[1] if p is None else why[2]] += 1
+                continue
+            for kept, x in ((self.prompts, messages), (self.prompt_ids, p), (self.teacher_ids, r),
+                            (self.teacher_texts, text)):
+                kept.append(x)
+        for reason, count in skipped.items():
+            if count:
+                log(f"[data] skipped {count} of {len(prompts)} examples: {reason}")
+        if not self.prompt_ids:
+            raise SystemExit("train_gad.py: no usable training examples left (see the [data] lines above)")
+        if cfg.batch_prompts > len(self.prompt_ids):
+            raise SystemExit(f"train_gad.py: --batch-prompts {cfg.batch_prompts} is larger than the "
+                             f"{len(self.prompt_ids)} usable training examples")
+        self.d_teacher_ids = [r[:-1] for r in self.teacher_ids] if cfg.break_eos_symmetry else self.teacher_ids
+        self.pad_id, self.seed, self.size = tokenizer.pad_token_id, cfg.seed, cfg.batch_prompts
+        self.restart()
+
+    def restart(self):
+        """A fresh data order for the next phase (the same for GAD and SeqKD)."""
+        self.rng, self.order = random.Random(self.seed), []
+
+    def next(self):
+        """The next batch_prompts examples (a new shuffled epoch when one runs out)."""
+        while len(self.order) < self.size:
+            epoch = list(range(len(self.prompt_ids)))
+            self.rng.shuffle(epoch)
+            self.order += epoch
+        idx, self.order = self.order[:self.size], self.order[self.size:]
+        prompts = [self.prompt_ids[i] for i in idx]
+        return Batch(idx, prompts, pack(prompts, [self.teacher_ids[i] for i in idx], self.pad_id),
+                     pack(prompts, [self.d_teacher_ids[i] for i in idx], self.pad_id))
+
+
+def student_batch(batch, samples, n, pad_id):
+    """[prompt ; sample] rows, grouped by prompt: row i*n + j is sample j of prompt i."""
+    return pack([p for p in batch.prompts for _ in range(n)], samples, pad_id)

@@ -1,7 +1,6 @@
-"""Evaluate a run's students (and the teacher) and write eval.json.
+"""Judge a run's students (and the teacher) and write eval.json. (Summaries across runs: report.py.)
 
     python eval.py runs/default            # embedded world: the privileged judge on held-out prompts
-    python eval.py --summary runs/seed0 runs/seed1 runs/seed2   # mean +- std over runs' eval.json (markdown)
     python eval.py runs/qwen --test-data lmsys_test.parquet --judge openai:gpt-4o   # real models (the paper's judge)
 
 Real models (--test-data): greedy answers to the test prompts, then
@@ -29,12 +28,16 @@ import os
 import re
 import statistics
 import sys
+from collections import Counter
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import checkpoint as C
-import generator as G
 import world
+from checkpoint import write_json
+from data import DataError, load_records
+from generator import finished, prompt_ids, sample
+from teacher import EmbeddedTeacher, TeacherCache, TeacherError, collect, make_teacher
 
 MODELS = ["before", "warmup", "seqkd", "gad"]  # checkpoint folders of a run, in table order
 
@@ -51,10 +54,10 @@ def judge_responses(prompts, responses, n):
 
 
 def student_responses(model, tokenizer, prompts, n, temperature, max_new_tokens, gen_batch_size=64):
-    ids = G.sample(model, tokenizer, [G.prompt_ids(tokenizer, m) for m in prompts], n, temperature, max_new_tokens,
+    ids = sample(model, tokenizer, [prompt_ids(tokenizer, m) for m in prompts], n, temperature, max_new_tokens,
                    gen_batch_size)
     texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
-    return texts, sum(G.finished(r, tokenizer.eos_token_id) for r in ids) / len(ids)
+    return texts, sum(finished(r, tokenizer.eos_token_id) for r in ids) / len(ids)
 
 
 def checkpoint(run_dir, name):
@@ -75,9 +78,6 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
 
     Main metrics are on the in-domain "test" prompts; the same metrics on the out-of-domain topics
     are stored with an "ood_" prefix."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import teacher as T
     splits = {"": world.prompts("test"), "ood_": world.prompts("ood")}
     results, examples = {}, {}
     for name in models:
@@ -93,7 +93,7 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
             m = {**judge_responses(prompts, texts, samples), "finished": fin}
             results[name].update({prefix + k: v for k, v in m.items()})
             examples.setdefault(prefix, {})[name] = texts[::samples]
-    teacher = T.EmbeddedTeacher(seed=seed + 12345)  # fresh teacher samples, not the training data
+    teacher = EmbeddedTeacher(seed=seed + 12345)  # fresh teacher samples, not the training data
     results["teacher"] = {}
     for prefix, prompts in splits.items():
         texts = [r for m in prompts for r in teacher.respond(m, samples)]
@@ -102,7 +102,7 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
         examples.setdefault(prefix, {})["teacher"] = texts[::samples]
     results["_config"] = {"samples_per_prompt": samples, "temperature": temperature, "seed": seed,
                           "prompts": {"test": len(splits[""]), "ood": len(splits["ood_"])}}
-    C.write_json(os.path.join(run_dir, "eval.json"), results)  # temp file, then rename
+    write_json(os.path.join(run_dir, "eval.json"), results)  # temp file, then rename
     log("In-domain test prompts:\n" + format_table(results) + "\n\nOut-of-domain topics:\n"
         + format_table(results, "ood_"))
     for prefix, prompts in splits.items():
@@ -158,15 +158,14 @@ def judge_scores(questions, answers, judge, cache, concurrency=8, log=print):
     """Paper protocol. The judge writes a reference answer per question, then rates (student, reference)
     in both orders; per question score = 100 * s / (s + r) with s, r averaged over the orders that
     parsed. Returns (mean score, number of unparseable replies, number of questions scored)."""
-    import teacher as T
     ref_prompts = [[{"role": "system", "content": JUDGE_REFERENCE}] + q for q in questions]
-    refs, _, _ = T.collect(judge, ref_prompts, cache, n=1, concurrency=concurrency, log=log)
+    refs, _, _ = collect(judge, ref_prompts, cache, n=1, concurrency=concurrency, log=log)
     rate = []
     for q, a, (r,) in zip(questions, answers, refs):
         text = q[-1]["content"]
         rate.append([{"role": "user", "content": JUDGE_RATE.format(question=text, a1=a, a2=r)}])
         rate.append([{"role": "user", "content": JUDGE_RATE.format(question=text, a1=r, a2=a)}])
-    replies, _, _ = T.collect(judge, rate, cache, n=1, concurrency=concurrency, log=log)
+    replies, _, _ = collect(judge, rate, cache, n=1, concurrency=concurrency, log=log)
     scores, unparsed = [], 0
     for i in range(0, len(replies), 2):
         first, second = parse_scores(replies[i][0]), parse_scores(replies[i + 1][0])
@@ -201,7 +200,6 @@ def rouge_l(candidate, reference):
 
 def ngram_overlap(candidate, reference, n):
     """Clipped n-gram precision of the candidate against the reference (BLEU's modified precision)."""
-    from collections import Counter
     grams = lambda ws: Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
     c, r = grams(candidate.split()), grams(reference.split())
     total = sum(c.values())
@@ -214,17 +212,13 @@ def evaluate_real(run_dir, test_data, judge_spec=None, judge_base_url=None, temp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import data as DATA
-    import teacher as T
-    recs = DATA.load_records(test_data)
-    if DATA.duplicate_prompts(recs):
-        log(f"[data] {DATA.duplicate_prompts(recs)} of {len(recs)} test prompts in {test_data} are duplicates of an "
-            "earlier row (each is still answered and judged)")
+    recs = load_records(test_data, log=log)
     recs = recs[:limit] if limit else recs
     questions = [r["messages"] for r in recs]
     refs = [r["teacher_response"] for r in recs]
-    judge = T.make_teacher(judge_spec, base_url=judge_base_url, temperature=0.0, max_tokens=1024, log=log) \
+    judge = make_teacher(judge_spec, base_url=judge_base_url, temperature=0.0, max_tokens=1024, log=log) \
         if judge_spec else None
-    cache = T.TeacherCache(os.path.join(run_dir, "judge_cache.jsonl"))
+    cache = TeacherCache(os.path.join(run_dir, "judge_cache.jsonl"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     answers = {}
     for name in MODELS:
@@ -253,7 +247,7 @@ def evaluate_real(run_dir, test_data, judge_spec=None, judge_base_url=None, temp
         results[name] = m
     results["_config"] = {"test_data": test_data, "prompts": len(questions), "temperature": temperature,
                           "judge": judge.name if judge else None}
-    C.write_json(os.path.join(run_dir, "eval.json"), results)
+    write_json(os.path.join(run_dir, "eval.json"), results)
     cols = [c for c in ("judge_score", "judge_unparsed", "rouge_l", "ngram_1", "ngram_4", "length", "distinct_2")
             if any(c in m for m in results.values() if isinstance(m, dict))]
     log(f"{'model':<10}" + "".join(f"{c:>15}" for c in cols))
@@ -263,97 +257,9 @@ def evaluate_real(run_dir, test_data, judge_spec=None, judge_base_url=None, temp
     return results
 
 
-def summarize(run_dirs, keys=("fidelity", "relevance", "length", "distinct_2", "modes", "ood_fidelity",
-                                 "ood_relevance")):
-    """Markdown table of mean +- std (population) over several runs' eval.json."""
-    evals = [json.load(open(os.path.join(d, "eval.json"))) for d in run_dirs]
-    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for name in MODELS + ["teacher"]:
-        if all(name in e for e in evals):
-            cells = []
-            for k in keys:
-                v = [e[name][k] for e in evals]
-                cells.append(f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Discriminator health per run (from metrics.jsonl): mean d_acc in warmup / GAD, median reward_group_std"
-              " and mean / max k3 KL in GAD"]
-    for d in run_dirs:
-        lines.append(f"- {d}: " + health(d))
-    return "\n".join(lines) + f"\n\n({len(evals)} runs: {', '.join(run_dirs)})"
-
-
-def stage_records(run_dir, stage):
-    """The metrics.jsonl records of one stage (warmup, gad or seqkd) of a run, in step order."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, filter(str.strip, f)) if r["stage"] == stage]
-
-
-def health(run_dir):
-    if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-        return "no metrics.jsonl"
-    w = [r["d_acc"] for r in stage_records(run_dir, "warmup")]
-    g = stage_records(run_dir, "gad")
-    if not w or not g:
-        return "no warmup / GAD steps"
-    kl = [r["kl"] for r in g if r.get("kl") is not None]
-    return (f"d_acc {statistics.mean(w):.3f} / {statistics.mean(r['d_acc'] for r in g):.3f}, "
-            f"reward_group_std {statistics.median(r['reward_group_std'] for r in g):.3f}, "
-            f"kl {statistics.mean(kl):.3f} / {max(kl):.3f}")
-
-
-COMPARE_KEYS = ["d_acc", "d_gap", "reward_mean", "reward_group_std", "kl", "entropy", "response_length", "truncated"]
-
-
-def compare(run_dirs, keys=COMPARE_KEYS, window=22):
-    """Side-by-side health of runs (the labs): GAD-stage metrics from metrics.jsonl, mean over the first and the
-    last `window` GAD steps (first -> last), then the judge's numbers of the final student from eval.json."""
-    lines = ["| run | " + " | ".join(keys) + " | fidelity | ood_fidelity | length (eval) | modes |",
-             "|---" * (len(keys) + 5) + "|"]
-    for d in run_dirs:
-        g = stage_records(d, "gad")
-        cells = []
-        for k in keys:
-            first = [r[k] for r in g[:window] if r.get(k) is not None]
-            last = [r[k] for r in g[-window:] if r.get(k) is not None]
-            cells.append(f"{statistics.mean(first):.3f} -> {statistics.mean(last):.3f}" if first and last else "-")
-        ev = json.load(open(os.path.join(d, "eval.json"))).get("gad", {}) if os.path.exists(
-            os.path.join(d, "eval.json")) else {}
-        cells += [f"{ev[k]:.3f}" if k in ev else "-" for k in ("fidelity", "ood_fidelity", "length", "modes")]
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + (f"\n\n(GAD stage: mean of the first {window} steps -> mean of the last {window}; "
-                               "fidelity, ood_fidelity, length, modes: the final GAD student on held-out prompts)")
-
-
-def plot_curves(run_dirs, path, keys=("d_acc", "reward_mean", "kl", "response_length", "truncated", "judge_fidelity")):
-    """One panel per metric, one line per run, over the GAD steps (smoothed over 11 steps); needs matplotlib."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8))
-    for d in run_dirs:
-        g = stage_records(d, "gad")
-        for ax, k in zip(axes, keys):
-            pts = [(r["step"] - g[0]["step"], r[k]) for r in g if r.get(k) is not None]
-            if not pts:
-                continue
-            xs, ys = zip(*pts)
-            w = 1 if k == "judge_fidelity" else min(11, len(ys))
-            smooth = [statistics.mean(ys[max(0, i - w + 1):i + 1]) for i in range(len(ys))]
-            ax.plot(xs, smooth, label=os.path.normpath(d))
-            ax.set_title(k, fontsize=9)
-            ax.set_xlabel("GAD step", fontsize=8)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dirs", nargs="+", help="run folder(s) written by train_gad.py (before/, gad/, seqkd/ ...)")
-    ap.add_argument("--summary", action="store_true", help="only aggregate the runs' existing eval.json files")
-    ap.add_argument("--compare", action="store_true", help="side-by-side training health of the runs (the labs)")
-    ap.add_argument("--plot", default="", help="with --compare: also draw the GAD-stage curves to this PNG "
-                    "(needs matplotlib)")
     ap.add_argument("--test-data", default="", help="real models: JSONL/parquet of test prompts (content or prompt "
                     "column; teacher_response enables the overlap diagnostics)")
     ap.add_argument("--judge", default="", help="real models: the judge, openai:MODEL (key from $OPENAI_API_KEY)")
@@ -374,31 +280,13 @@ if __name__ == "__main__":
     for d in a.run_dirs:
         if not os.path.isdir(d):
             sys.exit(f"eval.py: run folder not found: {d}")
-        if a.summary and not os.path.exists(os.path.join(d, "eval.json")):
-            sys.exit(f"eval.py: {os.path.join(d, 'eval.json')} not found (run eval.py {d} first)")
-    if a.compare:
-        for d in a.run_dirs:
-            if not os.path.exists(os.path.join(d, "metrics.jsonl")):
-                sys.exit(f"eval.py: {os.path.join(d, 'metrics.jsonl')} not found (not a train_gad.py run folder?)")
-        print(compare(a.run_dirs))
-        if a.plot:
-            try:
-                plot_curves(a.run_dirs, a.plot)
-                print(f"curves: {a.plot}")
-            except ImportError:
-                print("--plot needs matplotlib: pip install -r requirements-plots.txt")
-    elif a.summary:
-        print(summarize(a.run_dirs))
-    elif a.test_data:
-        import data as DATA
-        import teacher as T
+    if a.test_data:
         try:
             for d in a.run_dirs:
                 evaluate_real(d, a.test_data, a.judge or None, a.judge_base_url or None,
                               0.0 if a.temperature is None else a.temperature,
-                              512 if a.max_new_tokens is None else a.max_new_tokens, a.limit,
-                              a.judge_concurrency)
-        except (DATA.DataError, T.TeacherError) as e:
+                              512 if a.max_new_tokens is None else a.max_new_tokens, a.limit, a.judge_concurrency)
+        except (DataError, TeacherError) as e:
             sys.exit(f"eval.py: {e}")
     else:
         for d in a.run_dirs:

@@ -1,6 +1,6 @@
 """The paper's findings in miniature, on the embedded world: one command, several seeds, JSON + plots.
 
-    python experiments.py all                 # every experiment, seeds 0 1 2 (27 min on a slow 2-core CPU; README)
+    python experiments.py all                 # every experiment, seeds 0 1 2 (27 min on 2 cores; docs/experiments.md)
     python experiments.py warmup_ablation     # one experiment
     python experiments.py all --tiny          # seconds: a smoke test of the machinery (numbers meaningless)
 
@@ -11,10 +11,10 @@ each run's metrics.jsonl. The privileged judge only evaluates; it never trains a
 
 How it fits in 30 minutes on 2 cores:
   - the suite's one change to the defaults is SUITE: groups of n = 4 samples (paper and default: 8), which
-    halves the cost of a step (README "Experiments" says what that changes);
-  - every experiment first declares its runs; then all are trained, --workers at a time, each in its own
-    process on one CPU thread (1.35x the work of one two-thread run here, the same bits); a run starts once
-    the runs it reads are finished;
+    halves the cost of a step (docs/experiments.md says what that changes);
+  - every experiment first declares its runs; then jobs.py trains them all, --workers at a time, each in its
+    own process on one CPU thread (1.35x the work of one two-thread run here, the same bits); a run starts
+    once the runs it reads are finished;
   - nothing is computed twice: the base run of each seed (GAD + SeqKD, judged every 22 steps, which leaves
     training unchanged) is table2's row, the ablations' GAD and SeqKD rows, BT's row and frozen_d's
     co-evolving arm (the frozen arm starts from its warmup checkpoint); one pretrained start for all seeds.
@@ -24,21 +24,22 @@ How it fits in 30 minutes on 2 cores:
   warmup_ablation    GAD; without generator warmup; without discriminator warmup (paper Table 3)
   bt_vs_bce          Bradley-Terry vs binary cross-entropy discriminator (paper Table 4)
   frozen_d           a discriminator trained once against SeqKD, then frozen, vs co-evolving D (paper Fig. 6)
-  mode_seeking       a 10-class teacher with 3 modes fit by a discretised Gaussian: MLE vs GAD (paper Fig. 5)
+  mode_seeking       gad_toy.py: a 10-class teacher with 3 modes fit by a discretised Gaussian, MLE vs GAD (Fig. 5)
 """
 import argparse
-import concurrent.futures as futures
-import contextlib
 import json
-import multiprocessing
 import os
-import shutil
-import statistics
 import time
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import checkpoint as C
+import gad_toy
+import jobs
+import world
+from checkpoint import write_json
+from eval import judge_responses, student_responses
+from report import curves, evals, mean_std, table
 
 OUT = os.path.join("runs", "experiments")
 SUITE = ["--n-samples", "4"]  # every run of the suite: GRPO groups of 4 (default 8) to fit 30 minutes on 2 cores
@@ -46,17 +47,14 @@ TEMPERATURES = [0.5, 0.7, 0.8, 1.0, 1.2]
 TINY = ["--pretrain-steps", "60", "--batch-prompts", "4", "--n-samples", "2", "--warmup-steps", "4",
         "--d-only-steps", "1", "--gad-steps", "4", "--seqkd-steps", "8", "--eval-samples", "1", "--save-every", "0"]
 ONLY_GAD = ["--mode", "gad", "--eval-models", "gad"]  # a variant's own result is its GAD student; the rest is shared
-METRICS = ["fidelity", "relevance", "length", "distinct_2", "modes", "ood_fidelity"]
-JOBS = {}  # output path -> (kind, arguments): declared by the experiments, done by train_all
 
 
 # ---------------------------------------------------------------------------- declaring runs
 def run(variant, seed, flags, tiny):
     """Declare one training run, `python train_gad.py --seed SEED --out-dir FOLDER SUITE [TINY] FLAGS`;
-    returns its folder (trained by train_all)."""
+    returns its folder (trained by jobs.train_all)."""
     out = os.path.join(OUT, "runs", variant, f"seed{seed}")
-    JOBS[out] = ("train", ["--seed", str(seed), "--out-dir", out, *SUITE, *(TINY if tiny else []), *flags])
-    return out
+    return jobs.declare(out, "train", ["--seed", str(seed), "--out-dir", out, *SUITE, *(TINY if tiny else []), *flags])
 
 
 def base(seed, tiny):
@@ -68,152 +66,25 @@ def base(seed, tiny):
 def sweep(seed, tiny):
     """Declare the temperature sweep of a base run's SeqKD and GAD students; returns its JSON path."""
     path = os.path.join(base(seed, tiny), "temperature_sweep.json")
-    JOBS[path] = ("sweep", [base(seed, tiny), seed, tiny])
-    return path
+    return jobs.declare(path, "call", ["experiments.temperature_sweep", base(seed, tiny), seed, tiny])
 
 
-# ---------------------------------------------------------------------------- doing them, in parallel
 def start_folder(tiny):
     return os.path.join(OUT, "runs", "start", "tiny" if tiny else "default")
 
 
-def is_done(path, job):
-    kind, args = job
-    if kind == "train":
-        marker = os.path.join(path, "args.json")
-        return os.path.exists(marker) and json.load(open(marker)) == args
-    if kind == "sweep":
-        return os.path.exists(path) and json.load(open(path))["temperatures"] == TEMPERATURES
-    return os.path.exists(os.path.join(path, "before", "generator", "world.json"))  # "start"
-
-
-def dependencies(path, job, pending):
-    """The pending jobs this one reads: those whose folder appears in its arguments (and the shared start)."""
-    kind, args = job
-    deps = {p for p in pending if p != path and any(isinstance(a, str) and (a == p or a.startswith(p + os.sep))
-                                                    for a in args)}
-    if kind == "train" and "--student" not in args:
-        deps |= {p for p in pending if pending[p][0] == "start"}
-    return deps
-
-
-def to_do(tiny):
-    """The declared jobs not done yet, plus those that read one of them, plus the shared start if needed."""
-    pending = {p: j for p, j in JOBS.items() if not is_done(p, j)}
-    while True:  # a job that reads a job to be (re)done is redone too
-        stale = {p: j for p, j in JOBS.items() if p not in pending and dependencies(p, j, pending)}
-        if not stale:
-            break
-        pending.update(stale)
-    start = start_folder(tiny)
-    if any(k == "train" and "--student" not in a for k, a in pending.values()) and not is_done(start, ("start", [tiny])):
-        pending[start] = ("start", [tiny])
-    return pending
-
-
-def train_all(workers, tiny, log):
-    """Do every job of to_do, `workers` processes at a time, one CPU thread each; a job starts once the jobs it
-    reads are done."""
-    pending, running, t0 = to_do(tiny), {}, time.time()  # running: future -> (path, job)
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch threads
-    with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=torch.set_num_threads,
-                                     initargs=(1,)) as pool:
-        while pending or running:
-            unfinished = {**pending, **dict(running.values())}
-            ready = [p for p, j in pending.items() if not dependencies(p, j, unfinished)]
-            needed = set().union(*[dependencies(p, j, unfinished) for p, j in pending.items()])
-            for path in sorted(ready, key=lambda p: p not in needed)[:workers - len(running)]:  # unblockers first
-                job = pending.pop(path)
-                log(f"[experiments] start: {describe(path, job)}")
-                running[pool.submit(work, path, job, start_folder(tiny))] = (path, job)
-            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-            for f in done:
-                path, job = running.pop(f)
-                error, seconds = f.result()
-                if error:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise SystemExit(f"experiments.py: {path} failed: {error} (log: {log_file(path, job)})")
-                log(f"[experiments] done in {seconds:.0f} s: {path}")
-    log(f"[experiments] every run is ready ({time.time() - t0:.0f} s)")
-
-
-def describe(path, job):
-    return {"train": lambda: "python train_gad.py " + " ".join(job[1]), "sweep": lambda: f"temperature sweep of "
-            f"{job[1][0]}", "start": lambda: f"pretraining the shared start in {path}"}[job[0]]()
-
-
-def log_file(path, job):
-    return path[:-len(".json")] + ".log" if job[0] == "sweep" else os.path.join(path, "train.log")
-
-
-def work(path, job, start):
-    """One job, in a worker process; returns (error or None, seconds). Its output goes to its log file.
-    Jobs run on one CPU thread, except the shared start, which everything waits for: it gets up to 4."""
-    import train_gad
-    (kind, args), t0 = job, time.time()
-    os.makedirs(os.path.dirname(path) if kind == "sweep" else path, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):  # the "done" marker goes until the job is done again
-        os.remove(path if kind == "sweep" else os.path.join(path, "args.json"))
-    if kind == "train" and "--student" not in args and not os.path.isdir(os.path.join(path, "before")):
-        shutil.copytree(os.path.join(start, "before"), os.path.join(path, "before"))  # the shared start
-    with open(log_file(path, job), "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        try:
-            if kind == "train":
-                train_gad.main(args)
-                C.write_json(os.path.join(path, "args.json"), args)
-            elif kind == "sweep":
-                C.write_json(path, temperature_sweep(*args))
-            else:
-                import world
-                torch.set_num_threads(min(4, os.cpu_count() or 1))  # the same bits as one thread, on this CPU
-                world.starting_student(train_gad.parse_args(["--out-dir", path, *(TINY if args[0] else [])]), print)
-                torch.set_num_threads(1)
-        except SystemExit as e:  # train_gad reports bad input / a failed run this way
-            return str(e), time.time() - t0
-    return None, time.time() - t0
-
-
 def temperature_sweep(folder, seed, tiny):
     """Judge a base run's SeqKD and GAD students on the test prompts at each of TEMPERATURES."""
-    import eval as E
-    import world
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     prompts, points = world.prompts("test"), {"temperatures": TEMPERATURES}
     for model in ("seqkd", "gad"):
         path = os.path.join(folder, model, "generator")
         tok, gen = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
         for t in TEMPERATURES:
             torch.manual_seed(seed)
-            texts, _ = E.student_responses(gen, tok, prompts, 1 if tiny else 4, t, 40)
-            m = E.judge_responses(prompts, texts, 1 if tiny else 4)
+            texts, _ = student_responses(gen, tok, prompts, 1 if tiny else 4, t, 40)
+            m = judge_responses(prompts, texts, 1 if tiny else 4)
             points.setdefault(model, {})[str(t)] = {k: m[k] for k in ("fidelity", "distinct_2", "modes")}
     return points
-
-
-# ---------------------------------------------------------------------------- reading results
-def evals(folders):
-    return [json.load(open(os.path.join(f, "eval.json"))) for f in folders]
-
-
-def mean_std(values):
-    return {"mean": statistics.mean(values), "std": statistics.pstdev(values), "values": values}
-
-
-def table(rows, metrics=METRICS):
-    """rows: {label: [eval entries over seeds]} -> (json dict, markdown table)."""
-    data = {label: {m: mean_std([e[m] for e in entries]) for m in metrics} for label, entries in rows.items()}
-    md = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for label, d in data.items():
-        md.append(f"| {label} | " + " | ".join(f"{d[m]['mean']:.3f} ± {d[m]['std']:.3f}" for m in metrics) + " |")
-    return data, "\n".join(md)
-
-
-def curves(folder, stage_keys):
-    """{key: [(GAD step, value)]} for the GAD stage of a run's metrics.jsonl (steps counted from its start)."""
-    import eval as E
-    recs = E.stage_records(folder, "gad")
-    first = recs[0]["step"] if recs else 0
-    return {k: [(r["step"] - first, r[k]) for r in recs if r.get(k) is not None] for k in stage_keys}
 
 
 # ---------------------------------------------------------------------------- the experiments
@@ -323,64 +194,9 @@ def mode_seeking_runs(seeds, tiny): return {}  # no training runs: two tiny mode
 
 
 def mode_seeking(runs, seeds, tiny):
-    """Teacher: 3 modes over classes 0-9. Student: a discretised Gaussian (mean, log-std).
-    SeqKD = maximum likelihood on teacher samples; GAD = REINFORCE with group-normalised advantages
-    against a discriminator (one logit per class) trained with the BT loss."""
-    import discriminator as D
-    import generator as G
-    # three well-separated modes (like the paper's Gaussian mixture). With a 2% floor on every class instead,
-    # reverse KL prefers a flat student and our GAD student went uniform (see README).
-    teacher = torch.tensor([0.005, 0.30, 0.10, 0.005, 0.08, 0.30, 0.005, 0.005, 0.195, 0.005])
-    classes = torch.arange(10, dtype=torch.float)
-    steps = 100 if tiny else 1500
-
-    def student(mu, log_sd):
-        return torch.log_softmax(-0.5 * ((classes - mu) / log_sd.exp()) ** 2, -1)  # [10]
-
-    out = {"teacher": teacher.tolist(), "seqkd": [], "gad": []}
-    for s in seeds:
-        torch.manual_seed(s)
-        mu, log_sd = torch.tensor(4.5, requires_grad=True), torch.tensor(1.0, requires_grad=True)
-        opt = torch.optim.Adam([mu, log_sd], lr=0.05)
-        for _ in range(steps):  # SeqKD: maximum likelihood
-            y = torch.multinomial(teacher, 64, replacement=True)
-            loss = -student(mu, log_sd)[y].mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        out["seqkd"].append(student(mu, log_sd).exp().tolist())
-        mu, log_sd = torch.tensor(4.5, requires_grad=True), torch.tensor(1.0, requires_grad=True)
-        d_logit = torch.zeros(10, requires_grad=True)
-        g_opt, d_opt = torch.optim.Adam([mu, log_sd], lr=0.05), torch.optim.Adam([d_logit], lr=0.05)
-        n = 8
-        for _ in range(steps):  # GAD: sample -> score -> advantages -> D step -> G step
-            logp = student(mu, log_sd)
-            y_s = torch.multinomial(logp.exp().detach(), 16 * n, replacement=True)        # [B*n]
-            y_t = torch.multinomial(teacher, 16, replacement=True)                       # [B]
-            d_loss, _ = D.bt_loss(d_logit[y_t], d_logit[y_s], n)
-            adv = G.group_advantages(d_logit[y_s].detach(), n)
-            d_opt.zero_grad()
-            d_loss.backward()
-            d_opt.step()
-            g_loss = -(adv * logp[y_s]).mean()                                           # REINFORCE
-            g_opt.zero_grad()
-            g_loss.backward()
-            g_opt.step()
-        out["gad"].append(student(mu, log_sd).exp().tolist())
-    mean = {k: [statistics.mean(p[i] for p in out[k]) for i in range(10)] for k in ("seqkd", "gad")}
-    peak = {k: max(range(10), key=lambda i: mean[k][i]) for k in mean}
-    cover = {k: sum(min(a, b) for a, b in zip(mean[k], teacher.tolist())) for k in mean}
-    md = ("| student | mass on its peak class | overlap with the teacher |\n|---|---|---|\n"
-          + "\n".join(f"| {k} | class {peak[k]}: {mean[k][peak[k]]:.2f} | {cover[k]:.2f} |" for k in ("seqkd", "gad")))
-
-    def plot(plt):
-        plt.bar(range(10), teacher.tolist(), color="lightgray", label="teacher")
-        plt.plot(range(10), mean["seqkd"], "o-", label="SeqKD (maximum likelihood)")
-        plt.plot(range(10), mean["gad"], "s-", label="GAD (adversarial)")
-        plt.xticks(range(10))
-        plt.xlabel("class")
-        plt.ylabel("probability")
-    return {"seeds": seeds, "steps": steps, "distributions": out, "mean": mean, "overlap": cover}, md, plot
+    """gad_toy.py's two students (SeqKD = maximum likelihood, GAD = the adversarial game) on 3 teacher modes."""
+    result = gad_toy.mode_seeking(seeds, 100 if tiny else 1500)
+    return result, gad_toy.markdown(result), lambda plt: gad_toy.plot(result, plt)
 
 
 def bar_plot(data, metrics=("fidelity",)):
@@ -425,11 +241,11 @@ def main(argv=None):
         print("[experiments] matplotlib not installed: JSON and markdown only (pip install -r requirements-plots.txt)")
     t0 = time.time()
     runs = {name: EXPERIMENTS[name][0](a.seeds, a.tiny) for name in names}  # declare every run first,
-    train_all(a.workers, a.tiny, print)                                    # then train them, in parallel
+    jobs.train_all(a.workers, start_folder(a.tiny), TINY if a.tiny else [], print)  # then train them, in parallel
     for name in names:
         result, md, plot = EXPERIMENTS[name][1](runs[name], a.seeds, a.tiny)
         result["tiny"] = a.tiny
-        C.write_json(os.path.join(OUT, name + ".json"), result)
+        write_json(os.path.join(OUT, name + ".json"), result)
         with open(os.path.join(OUT, name + ".md"), "w") as f:
             f.write(f"### {name}\n\n{md}\n")
         if plt is not None and plot is not None:

@@ -83,7 +83,7 @@ class TeacherCache:
     mid-write) is cut off the file, so the next append starts on a fresh line and only that one answer is
     asked again; it is reported once (`torn_lines`)."""
 
-    def __init__(self, path):
+    def __init__(self, path, log=None):
         self.path = path
         self.entries = {}
         self.torn_lines = 0
@@ -104,6 +104,9 @@ class TeacherCache:
                                             ["refused" if t is None else "stop" for t in rec["responses"]])
             except (json.JSONDecodeError, KeyError, TypeError):
                 self.torn_lines += 1  # a line torn by an older version, which appended after the fragment
+        if self.torn_lines and log:
+            log(f"[teacher] {path}: cut off {self.torn_lines} torn line(s) of an interrupted write; "
+                "those answers are asked again")
 
     def get(self, key):
         """(texts, finishes) or None."""
@@ -295,40 +298,3 @@ def make_teacher(spec, seed=0, base_url=None, system_prompt=None, temperature=1.
         return HFTeacher(spec[3:], system_prompt=system_prompt, temperature=temperature,
                          max_new_tokens=max_tokens, trust_remote_code=trust_remote_code)
     raise TeacherError(f"--teacher {spec!r}: expected embedded, openai:MODEL or hf:PATH")
-
-
-# ---------------------------------------------------------------------------- stage 0 of train_gad.py
-def read_data_files(cfg):
-    """The data files, checked row by row before anything else runs: (records or None)."""
-    import data as DATA
-    if cfg.teacher_data:
-        return DATA.load_records(cfg.teacher_data, need_response=True)
-    return DATA.load_records(cfg.prompts) if cfg.prompts else None
-
-
-def training_pairs(cfg, records, log):
-    """(prompts, teacher texts) -- stage 0: from --teacher-data, or by asking the teacher (cached)."""
-    if cfg.teacher_data:
-        log(f"[teacher] {len(records)} pre-collected responses from {cfg.teacher_data}; no teacher calls")
-        return [r["messages"] for r in records], [r["teacher_response"] for r in records]
-    prompts = [r["messages"] for r in records] if records else world.prompts("train")
-    teacher = make_teacher(cfg.teacher, seed=cfg.seed, base_url=cfg.teacher_base_url or None,
-                             system_prompt=cfg.teacher_system_prompt or None, temperature=cfg.teacher_temperature,
-                             max_tokens=cfg.teacher_max_tokens, timeout=cfg.teacher_timeout,
-                             trust_remote_code=cfg.trust_remote_code, log=log)
-    path = cfg.teacher_cache or default_cache_path(os.path.dirname(os.path.abspath(cfg.out_dir)), teacher.name)
-    cache = TeacherCache(path)
-    log(f"[teacher] cache: {path}" + (f" (cut off {cache.torn_lines} torn line(s) of an interrupted write; "
-                                      "those answers are asked again)" if cache.torn_lines else ""))
-    texts, finishes, calls = collect(teacher, prompts, cache, n=1, concurrency=cfg.teacher_concurrency, log=log)
-    retries = getattr(teacher, "retries", 0)
-    log(f"[teacher] {len(prompts)} prompts: {calls} teacher calls, {len(prompts) - calls} from the cache"
-        + (f", {retries} retries" if retries else ""))
-    texts, finishes = [t[0] for t in texts], [f[0] for f in finishes]
-    left_out = {"empty": sum(map(is_empty, texts)), "refused": finishes.count("refused"),
-                "cut off at the teacher's token limit (--teacher-max-tokens)": finishes.count("length")}
-    for why, count in left_out.items():
-        if count:
-            log(f"[teacher] {count} of {len(texts)} answers {why}: recorded in the cache, not trained on")
-    keep = [i for i, (t, f) in enumerate(zip(texts, finishes)) if f == "stop" and t and t.strip()]
-    return [prompts[i] for i in keep], [texts[i] for i in keep]

@@ -17,13 +17,15 @@ Everything is word-level and lower-case with spaces around punctuation, so text 
 round-trips exactly and the judge can parse responses.
 """
 import itertools
-import json
-import os
 import random
-import shutil
 import re
 
 import torch
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers.models import WordLevel
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from generator import pack, prompt_ids, response_ids, sft_loss
 
 # ---------------------------------------------------------------------------- the world's facts
 CATEGORIES = {  # category -> (topics, adjectives the teacher may use, verbs of the "fact" mode)
@@ -171,15 +173,13 @@ def distinct_n(responses, n=2):
 # ---------------------------------------------------------------------------- tokenizer and student
 def build_tokenizer():
     """A word-level tokenizer with a chat template, built offline (a `PreTrainedTokenizerFast`)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
     words = set(" ".join(PROMPT_TEMPLATES + PROMPT_OPENERS + [m[1] for m in TEACHER_MODES.values()]).split())
     words |= {"i", "do", "not", "know", "much", "about", "can", "only", "talk", "things", "."}
     for ts, adjs, verbs in CATEGORIES.values():
         words |= set(ts) | set(adjs) | set(verbs)
     words = sorted(w for w in words if "{" not in w)
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
+    tk = Tokenizer(WordLevel(vocab=vocab, unk_token="<|unk|>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<|pad|>", unk_token="<|unk|>",
@@ -187,7 +187,6 @@ def build_tokenizer():
 
 
 def student_config(tokenizer, hidden=128, layers=3):
-    from transformers import LlamaConfig
     return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
                        max_position_embeddings=128, tie_word_embeddings=True,
@@ -200,9 +199,6 @@ def build_student(out_dir, seed=0, steps=800, batch_size=64, lr=2e-3, hidden=128
 
     Returns the folder, which loads with plain `AutoModelForCausalLM.from_pretrained`.
     """
-    from transformers import LlamaForCausalLM
-
-    import generator as G
     torch.manual_seed(seed)
     tok = build_tokenizer()
     model = LlamaForCausalLM(student_config(tok, hidden, layers))
@@ -212,9 +208,9 @@ def build_student(out_dir, seed=0, steps=800, batch_size=64, lr=2e-3, hidden=128
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
     for step, i in enumerate(range(0, len(corpus), batch_size)):
         chunk = corpus[i:i + batch_size]
-        batch = G.pack([G.prompt_ids(tok, m) for m, _ in chunk], [G.response_ids(tok, r) for _, r in chunk],
-                       tok.pad_token_id)
-        loss, _ = G.sft_loss(model, batch)
+        batch = pack([prompt_ids(tok, m) for m, _ in chunk], [response_ids(tok, r) for _, r in chunk],
+                     tok.pad_token_id)
+        loss, _ = sft_loss(model, batch)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -232,43 +228,3 @@ def support_size():
     n = len(CATEGORIES["animal"][1])
     perms = lambda k: len(list(itertools.permutations(range(n), k)))
     return n * len(CATEGORIES["animal"][2]) + perms(2) + perms(3)
-
-
-def starting_student(cfg, log):
-    """The starting student's folder or hub name: the embedded world's (pretrained here), or --student."""
-    if cfg.student != "embedded":
-        if not os.path.isdir(cfg.student) and (cfg.student.startswith((".", "/")) or cfg.student.count("/") != 1):
-            raise SystemExit(f"train_gad.py: --student: model folder not found: {cfg.student}")
-        return cfg.student
-    path = os.path.join(cfg.out_dir, "before", "generator")
-    # one fixed starting student for every --seed, as the paper starts every run from the same checkpoint;
-    # --seed varies the distillation, --pretrain-seed the student
-    spec = {"seed": cfg.pretrain_seed, "pretrain_steps": cfg.pretrain_steps, "world": "embedded:world-v1"}
-    # runs under the same parent folder share it: runs/.starting_student/<spec>/ (3 MB), copied into before/
-    shared = os.path.join(os.path.dirname(os.path.abspath(cfg.out_dir)), ".starting_student",
-                          f"pretrain{cfg.pretrain_seed}-steps{cfg.pretrain_steps}")
-
-    def ready(folder):
-        marker = os.path.join(folder, "world.json")
-        return os.path.exists(marker) and json.load(open(marker)) == spec
-
-    if ready(path):
-        log(f"[world] reusing the pretrained starting student in {path}")
-        return path
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if ready(shared):
-        log(f"[world] copying the pretrained starting student from {shared}")
-        shutil.copytree(shared, tmp)
-    else:
-        log(f"[world] pretraining the starting student ({cfg.pretrain_steps} steps)")
-        build_student(tmp, seed=cfg.pretrain_seed, steps=cfg.pretrain_steps, log=log)
-        with open(os.path.join(tmp, "world.json"), "w") as f:
-            json.dump(spec, f)
-        shared_tmp = f"{shared}.tmp{os.getpid()}"
-        shutil.copytree(tmp, shared_tmp)
-        shutil.rmtree(shared, ignore_errors=True)
-        os.replace(shared_tmp, shared)  # atomic: a half-copied student is never "ready"
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    return path

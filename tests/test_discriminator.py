@@ -46,17 +46,28 @@ def test_teacher_and_student_rows_both_end_with_eos(tiny_lm, tok):
     prompts = world.prompts("train")[:3]
     data = train_gad.Data(tok, prompts, ["cats are furry .", "dogs are wild .", "i think owls are quick !"],
                           cfg, log=lambda *a: None)
-    student = [G.response_ids(tok, t) for t in ["cats are furry .", "a", "b", "c", "d", "e"]]
-    for batch in (train_gad.teacher_batch(data, [0, 1, 2], tok.pad_token_id),
-                  train_gad.student_batch(data, [0, 1, 2], student, 2, tok.pad_token_id)):
-        last = D.last_token_index(batch["attention_mask"])
-        assert (batch["input_ids"][torch.arange(len(last)), last] == tok.eos_token_id).all()
+    batch = data.next()                                        # the three examples, in a shuffled order
+    student = [G.response_ids(tok, t) for t in [data.teacher_texts[batch.idx[0]], "a", "b", "c", "d", "e"]]
+    s_batch = train_gad.student_batch(batch, student, 2, tok.pad_token_id)
+    for rows in (batch.teacher, batch.teacher_for_d, s_batch):
+        last = D.last_token_index(rows["attention_mask"])
+        assert (rows["input_ids"][torch.arange(len(last)), last] == tok.eos_token_id).all()
         # the response mask covers the EOS as well
-        assert (batch["response_mask"][torch.arange(len(last)), last] == 1).all()
+        assert (rows["response_mask"][torch.arange(len(last)), last] == 1).all()
     # the same text as teacher and as a (finished) student sample is the very same row, so the same score
-    t = train_gad.teacher_batch(data, [0], tok.pad_token_id)
-    s = train_gad.student_batch(data, [0], student[:2], 2, tok.pad_token_id)
-    assert torch.equal(t["input_ids"][0], s["input_ids"][0, :t["input_ids"].shape[1]])
+    t = batch.teacher
+    assert torch.equal(t["input_ids"][0][t["attention_mask"][0].bool()], s_batch["input_ids"][0][
+        s_batch["attention_mask"][0].bool()])
+
+
+def test_the_eos_lab_strips_the_eos_from_ds_teacher_rows_only(tok):
+    cfg = train_gad.parse_args(["--batch-prompts", "2", "--break-eos-symmetry"])
+    data = train_gad.Data(tok, world.prompts("train")[:2], ["cats are furry .", "dogs are wild ."], cfg,
+                          log=lambda *a: None)
+    batch = data.next()
+    for rows, eos in ((batch.teacher, True), (batch.teacher_for_d, False)):
+        last = D.last_token_index(rows["attention_mask"])
+        assert ((rows["input_ids"][torch.arange(2), last] == tok.eos_token_id).all()) == eos
 
 
 def test_discriminator_save_and_reload(tiny_dir, tok, tmp_path):

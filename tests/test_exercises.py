@@ -14,23 +14,21 @@ HEAD = "import torch\nimport torch.nn.functional as F\n"
 
 # a correct exercise-5 step; the planted bugs below each change one thing in it
 STEP5 = """
-import generator as G
-from train_gad import d_step, g_step, sft_step, student_batch, teacher_batch
-def gad_or_warmup_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device):
-    t_batch = teacher_batch(data, idx, tok.pad_token_id)
-    samples = G.sample(gen, tok, [data.prompt_ids[i] for i in idx], cfg.n_samples, cfg.temperature,
-                       cfg.max_response_len, cfg.gen_batch_size)
-    s_batch = student_batch(data, idx, samples, cfg.n_samples, tok.pad_token_id)
-    rewards, m = d_step(disc, d_opt, t_batch, s_batch, cfg, device, update=not cfg.frozen_d)
-    if stage == "warmup":
-        if step >= cfg.d_only_steps:
-            m.update(sft_step(gen, g_opt, t_batch, cfg, device))
-    else:
-        advantages = G.group_advantages(rewards, cfg.n_samples)
-        m.update(g_step(gen, ref, g_opt, s_batch, advantages, cfg, device))
-        m.update(reward_mean=rewards.mean().item())
-    m.update(G.sample_metrics(samples, tok.eos_token_id))
-    return m, samples
+from data import student_batch
+from generator import group_advantages, sample, sample_metrics, to
+from train_gad import DEVICE, d_update, g_update
+def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
+    n = cfg.n_samples
+    samples = sample(G, tok, batch.prompts, n, cfg.temperature, cfg.max_response_len, cfg.gen_batch_size)
+    s_batch = student_batch(batch, samples, n, tok.pad_token_id)
+    with torch.set_grad_enabled(update_D):
+        teacher_scores, student_scores = D(to(batch.teacher_for_d, DEVICE)), D(to(s_batch, DEVICE))
+    rewards = student_scores.detach()
+    advantages = group_advantages(rewards, n)
+    m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)
+    m |= g_update(G, ref, g_opt, s_batch, advantages, cfg)
+    m |= {"reward_mean": rewards.mean().item()}
+    return m | sample_metrics(samples, tok.eos_token_id), samples
 """
 
 # (exercise, planted bug, source of the learner's wrong version)
@@ -94,12 +92,14 @@ PLANTED = [
         def last_token_index(mask):
             return mask.sum(-1) - 1"""),
     (5, "rewards re-scored after D's update", STEP5.replace(
-        "advantages = G.group_advantages(rewards, cfg.n_samples)",
-        "rewards = disc(G.to(s_batch, device)).detach()\n        advantages = G.group_advantages(rewards, cfg.n_samples)")),
-    (5, "G moves during the D-only steps, frozen D updated", STEP5.replace(
-        "if step >= cfg.d_only_steps:", "if True:").replace("update=not cfg.frozen_d", "update=True")),
-    (5, "advantages over the wrong groups", STEP5.replace("group_advantages(rewards, cfg.n_samples)",
+        "    advantages = group_advantages(rewards, n)\n    m = d_update(D, d_opt, teacher_scores, student_scores, "
+        "cfg, step=update_D)\n",
+        "    m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)\n"
+        "    rewards = D(to(s_batch, DEVICE)).detach()\n    advantages = group_advantages(rewards, n)\n")),
+    (5, "frozen D updated", STEP5.replace("step=update_D", "step=True")),
+    (5, "advantages over the wrong groups", STEP5.replace("group_advantages(rewards, n)",
                                                           "group_advantages(rewards, cfg.batch_prompts)")),
+    (5, "rewards not detached", STEP5.replace("rewards = student_scores.detach()", "rewards = student_scores")),
 ]
 
 
@@ -140,7 +140,7 @@ def test_exercise5_tiny_run_learns_with_the_project_step():
 
 def test_exercise5_learning_check_can_fail(tmp_path, monkeypatch):
     """A step that updates nothing must fail the learning check (the order checks are bypassed here)."""
-    def idle_step(gen, disc, ref, g_opt, d_opt, tok, data, idx, stage, step, cfg, device):
+    def idle_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
         return {"reward_mean": 0.0}, None
     monkeypatch.setattr(check.tempfile, "mkdtemp", lambda prefix="": str(tmp_path))
     learns = dict((name, fn) for name, fn, _ in check.checks_5(idle_step))["a tiny run learns"]

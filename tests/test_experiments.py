@@ -58,28 +58,29 @@ def test_declared_runs_and_their_dependencies(tmp_path, monkeypatch):
     """Every experiment declares its runs; a run depends on the runs whose folders it reads; a job whose input
     will be redone is redone too; finished jobs with the same flags are reused."""
     import experiments as X
+    import jobs
     monkeypatch.setattr(X, "OUT", str(tmp_path))
-    monkeypatch.setattr(X, "JOBS", {})
+    monkeypatch.setattr(jobs, "JOBS", {})
     runs = {name: declare([0, 1], False) for name, (declare, _) in X.EXPERIMENTS.items()}
     base0, base1 = runs["table2"]["base"]
     assert runs["warmup_ablation"]["GAD"] == runs["bt_vs_bce"]["BT"] == runs["frozen_d"]["co-evolving D"] == [base0, base1]
-    train = [a for k, a in X.JOBS.values() if k == "train"]
+    train = [a for k, a in jobs.JOBS.values() if k == "train"]
     assert len(train) == 2 * 6 and all(a[4:4 + len(X.SUITE)] == X.SUITE for a in train)  # 6 runs per seed
     frozen0 = runs["frozen_d"]["frozen D"][0]
     d_run0 = os.path.join(str(tmp_path), "runs", "seqkd_discriminator", "seed0")
-    assert X.dependencies(frozen0, X.JOBS[frozen0], X.JOBS) == {base0, d_run0}
-    assert X.dependencies(d_run0, X.JOBS[d_run0], X.JOBS) == {base0}
+    assert jobs.dependencies(frozen0, jobs.JOBS[frozen0], jobs.JOBS) == {base0, d_run0}
+    assert jobs.dependencies(d_run0, jobs.JOBS[d_run0], jobs.JOBS) == {base0}
     sweep0 = runs["quality_diversity"]["sweeps"][0]
-    assert X.dependencies(sweep0, X.JOBS[sweep0], X.JOBS) == {base0}
-    assert X.dependencies(base0, X.JOBS[base0], X.JOBS) == set()
+    assert jobs.dependencies(sweep0, jobs.JOBS[sweep0], jobs.JOBS) == {base0}
+    assert jobs.dependencies(base0, jobs.JOBS[base0], jobs.JOBS) == set()
 
-    pending = X.to_do(False)  # nothing done: every job, and the shared start that the embedded runs read
-    assert set(pending) == set(X.JOBS) | {X.start_folder(False)}
-    assert X.start_folder(False) in X.dependencies(base0, X.JOBS[base0], pending)
-    assert X.start_folder(False) not in X.dependencies(d_run0, X.JOBS[d_run0], pending)  # it reads a --student
+    pending = jobs.to_do(X.start_folder(False), [])  # nothing done: every job, and the shared start that the embedded runs read
+    assert set(pending) == set(jobs.JOBS) | {X.start_folder(False)}
+    assert X.start_folder(False) in jobs.dependencies(base0, jobs.JOBS[base0], pending)
+    assert X.start_folder(False) not in jobs.dependencies(d_run0, jobs.JOBS[d_run0], pending)  # it reads a --student
 
-    done = set(X.JOBS) - {base1}  # everything finished except seed 1's base run: seed 1's readers are redone
-    monkeypatch.setattr(X, "is_done", lambda p, j: p in done or p == X.start_folder(False))
-    assert set(X.to_do(False)) == {base1, os.path.join(base1, "temperature_sweep.json"),
+    done = set(jobs.JOBS) - {base1}  # everything finished except seed 1's base run: seed 1's readers are redone
+    monkeypatch.setattr(jobs, "is_done", lambda p, j: p in done or p == X.start_folder(False))
+    assert set(jobs.to_do(X.start_folder(False), [])) == {base1, os.path.join(base1, "temperature_sweep.json"),
                                    os.path.join(str(tmp_path), "runs", "seqkd_discriminator", "seed1"),
                                    os.path.join(str(tmp_path), "runs", "frozen_d", "seed1")}

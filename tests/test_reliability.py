@@ -71,7 +71,7 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tiny_dir, tmp_path, mon
         loss, m = real(*args, **kw)
         calls["n"] += 1
         return (loss * float("nan"), m) if calls["n"] == 1 or calls["n"] >= 4 else (loss, m)
-    monkeypatch.setattr(G, "policy_loss", poisoned)
+    monkeypatch.setattr(train_gad, "policy_loss", poisoned)
     out = str(tmp_path / "run")
     with pytest.raises(SystemExit, match="after 3 consecutive non-finite steps; last good resume point: .*step-gad-0000008"):
         train_gad.main(["--student", tiny_dir, "--out-dir", out, "--mode", "gad", *RUN])

@@ -116,9 +116,10 @@ def test_refusals_and_cut_off_answers_are_recorded_never_asked_again_and_not_tra
     assert T.collect(t, prompts, T.TeacherCache(path))[1] == finishes and t.calls == 0
     f = tmp_path / "p.jsonl"
     f.write_text("".join(json.dumps({"content": m}) + "\n" for m in prompts))
-    cfg = train_gad.parse_args(["--prompts", str(f), "--teacher-cache", path, "--out-dir", str(tmp_path / "run")])
+    cfg = train_gad.parse_args(["--prompts", str(f), "--teacher-cache", path, "--out-dir", str(tmp_path / "run"),
+                                "--batch-prompts", "2"])
     logs = []
-    kept_prompts, kept_texts = T.training_pairs(cfg, T.read_data_files(cfg), logs.append)
+    kept_prompts, kept_texts = train_gad.teacher_pairs(cfg, train_gad.read_data_files(cfg, logs.append), logs.append)
     assert kept_prompts == prompts[2:] and "cats are" not in kept_texts
     assert any("1 of 5 answers refused" in x for x in logs)
     assert any("1 of 5 answers cut off at the teacher's token limit" in x for x in logs)

@@ -1,0 +1,145 @@
+"""Reading finished runs: seed summaries, training health side by side, curves. Used by the labs and by
+experiments.py; it only reads run folders (eval.json, metrics.jsonl), never trains or judges.
+
+    python report.py --summary runs/seed0 runs/seed1 runs/seed2     # mean +- std of eval.json, D health per run
+    python report.py --compare runs/default runs/lab_eos --plot lab.png   # GAD-stage health side by side (labs)
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+from eval import MODELS
+METRICS = ["fidelity", "relevance", "length", "distinct_2", "modes", "ood_fidelity"]
+
+
+def evals(run_dirs):
+    """The eval.json of each run."""
+    return [json.load(open(os.path.join(d, "eval.json"))) for d in run_dirs]
+
+
+def mean_std(values):
+    """Mean and population std over seeds (and the values themselves)."""
+    return {"mean": statistics.mean(values), "std": statistics.pstdev(values), "values": values}
+
+
+def table(rows, metrics=METRICS):
+    """rows: {label: [eval entries over seeds]} -> (json dict, markdown table of mean ± std)."""
+    data = {label: {m: mean_std([e[m] for e in entries]) for m in metrics} for label, entries in rows.items()}
+    md = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for label, d in data.items():
+        md.append(f"| {label} | " + " | ".join(f"{d[m]['mean']:.3f} ± {d[m]['std']:.3f}" for m in metrics) + " |")
+    return data, "\n".join(md)
+
+
+def summarize(run_dirs, keys=("fidelity", "relevance", "length", "distinct_2", "modes", "ood_fidelity",
+                                 "ood_relevance")):
+    """Markdown table of mean +- std (population) over several runs' eval.json."""
+    runs = evals(run_dirs)
+    _, md = table({name: [e[name] for e in runs] for name in MODELS + ["teacher"] if all(name in e for e in runs)},
+                  list(keys))
+    lines = [md, "", "Discriminator health per run (from metrics.jsonl): mean d_acc in warmup / GAD, median reward_group_std"
+              " and mean / max k3 KL in GAD"]
+    for d in run_dirs:
+        lines.append(f"- {d}: " + health(d))
+    return "\n".join(lines) + f"\n\n({len(runs)} runs: {', '.join(run_dirs)})"
+
+
+def stage_records(run_dir, stage):
+    """The metrics.jsonl records of one stage (warmup, gad or seqkd) of a run, in step order."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, filter(str.strip, f)) if r["stage"] == stage]
+
+
+def health(run_dir):
+    if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        return "no metrics.jsonl"
+    w = [r["d_acc"] for r in stage_records(run_dir, "warmup")]
+    g = stage_records(run_dir, "gad")
+    if not w or not g:
+        return "no warmup / GAD steps"
+    kl = [r["kl"] for r in g if r.get("kl") is not None]
+    return (f"d_acc {statistics.mean(w):.3f} / {statistics.mean(r['d_acc'] for r in g):.3f}, "
+            f"reward_group_std {statistics.median(r['reward_group_std'] for r in g):.3f}, "
+            f"kl {statistics.mean(kl):.3f} / {max(kl):.3f}")
+
+
+COMPARE_KEYS = ["d_acc", "d_gap", "reward_mean", "reward_group_std", "kl", "entropy", "response_length", "truncated"]
+
+
+def compare(run_dirs, keys=COMPARE_KEYS, window=22):
+    """Side-by-side health of runs (the labs): GAD-stage metrics from metrics.jsonl, mean over the first and the
+    last `window` GAD steps (first -> last), then the judge's numbers of the final student from eval.json."""
+    lines = ["| run | " + " | ".join(keys) + " | fidelity | ood_fidelity | length (eval) | modes |",
+             "|---" * (len(keys) + 5) + "|"]
+    for d in run_dirs:
+        g = stage_records(d, "gad")
+        cells = []
+        for k in keys:
+            first = [r[k] for r in g[:window] if r.get(k) is not None]
+            last = [r[k] for r in g[-window:] if r.get(k) is not None]
+            cells.append(f"{statistics.mean(first):.3f} -> {statistics.mean(last):.3f}" if first and last else "-")
+        ev = json.load(open(os.path.join(d, "eval.json"))).get("gad", {}) if os.path.exists(
+            os.path.join(d, "eval.json")) else {}
+        cells += [f"{ev[k]:.3f}" if k in ev else "-" for k in ("fidelity", "ood_fidelity", "length", "modes")]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\n(GAD stage: mean of the first {window} steps -> mean of the last {window}; "
+                               "fidelity, ood_fidelity, length, modes: the final GAD student on held-out prompts)")
+
+
+def curves(run_dir, keys):
+    """{key: [(GAD step, value)]} for the GAD stage of a run's metrics.jsonl (steps counted from its start)."""
+    recs = stage_records(run_dir, "gad")
+    first = recs[0]["step"] if recs else 0
+    return {k: [(r["step"] - first, r[k]) for r in recs if r.get(k) is not None] for k in keys}
+
+
+def plot_curves(run_dirs, path, keys=("d_acc", "reward_mean", "kl", "response_length", "truncated", "judge_fidelity")):
+    """One panel per metric, one line per run, over the GAD steps (smoothed over 11 steps); needs matplotlib."""
+    import matplotlib  # the optional extra (requirements-plots.txt): imported only when a plot is asked for
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8))
+    for d in run_dirs:
+        g = stage_records(d, "gad")
+        for ax, k in zip(axes, keys):
+            pts = [(r["step"] - g[0]["step"], r[k]) for r in g if r.get(k) is not None]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            w = 1 if k == "judge_fidelity" else min(11, len(ys))
+            smooth = [statistics.mean(ys[max(0, i - w + 1):i + 1]) for i in range(len(ys))]
+            ax.plot(xs, smooth, label=os.path.normpath(d))
+            ax.set_title(k, fontsize=9)
+            ax.set_xlabel("GAD step", fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", nargs="+", help="run folder(s) written by train_gad.py")
+    ap.add_argument("--summary", action="store_true", help="mean ± std of the runs' eval.json, and D's health per run")
+    ap.add_argument("--compare", action="store_true", help="side-by-side training health of the runs (the labs)")
+    ap.add_argument("--plot", default="", help="with --compare: also draw the GAD-stage curves to this PNG "
+                    "(needs matplotlib)")
+    a = ap.parse_args()
+    if a.summary == a.compare:
+        ap.error("choose one of --summary or --compare")
+    need = "eval.json" if a.summary else "metrics.jsonl"
+    for d in a.run_dirs:
+        if not os.path.exists(os.path.join(d, need)):
+            sys.exit(f"report.py: {os.path.join(d, need)} not found" + (" (run eval.py on it first)" if a.summary
+                                                                         else " (not a train_gad.py run folder?)"))
+    if a.summary:
+        print(summarize(a.run_dirs))
+    else:
+        print(compare(a.run_dirs))
+        if a.plot:
+            try:
+                plot_curves(a.run_dirs, a.plot)
+                print(f"curves: {a.plot}")
+            except ImportError:
+                print("--plot needs matplotlib: pip install -r requirements-plots.txt")

@@ -1,0 +1,271 @@
+"""Run support for train_gad.py: nothing here is the algorithm.
+
+    parse_args          the flags of train_gad.CONFIG, each checked (one line per bad value, before anything loads)
+    Run                 the run folder: the same flags on --resume, which phases are left, config.json, then per
+                        step: the log (metrics.jsonl + a line), the non-finite guard and the resume points
+    starting_student    the embedded world's pretrained student, shared by the runs under one parent folder
+    load_generator / load_discriminator / save_players / amp     the players' checkpoints and precision
+    evaluate            the final judgement (embedded world), or how to judge a real-model run
+"""
+import argparse
+import contextlib
+import json
+import os
+import shutil
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM
+
+import checkpoint
+import world
+from discriminator import Discriminator
+from generator import load_tokenizer
+from eval import evaluate as evaluate_run, judge_responses, student_responses
+from teacher import redact_url
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+PHASES = {"all": ["gad", "seqkd"], "gad": ["gad"], "seqkd": ["seqkd"]}
+STAGES = {"gad": {"warmup", "gad"}, "seqkd": {"seqkd"}}  # the metrics.jsonl stages each phase writes
+
+
+# ---------------------------------------------------------------------------- flags
+def parse_args(config, argv=None, doc=None):
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, (default, meaning) in config.items():
+        if isinstance(default, bool):
+            ap.add_argument("--" + name.replace("_", "-"), action="store_true", help=meaning)
+        else:
+            ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                            help=f"{meaning} (default: {default!r})")
+    cfg = ap.parse_args(argv)
+    if cfg.seqkd_steps == -1:
+        cfg.seqkd_steps = cfg.warmup_steps + cfg.gad_steps
+    check(cfg, ap.error)
+    if cfg.init_from:
+        cfg.warmup_steps = 0
+    return cfg
+
+
+def check(cfg, error):
+    """Every flag value that cannot work gets one line here, before any data file, model or teacher is touched."""
+    if cfg.mode not in PHASES:
+        error(f"--mode must be all, gad or seqkd, got {cfg.mode!r}")
+    if cfg.d_loss not in ("bt", "bce"):
+        error(f"--d-loss must be bt or bce, got {cfg.d_loss!r}")
+    if cfg.n_samples < 2:
+        error(f"--n-samples must be >= 2 for group-normalised advantages, got {cfg.n_samples}")
+    at_least = {"lr_warmup": 0, "lr_gad": 0, "lr_d": 0, "lr_seqkd": 0, "kl_coef": 0, "clip_eps": 0, "weight_decay": 0,
+                "warmup_steps": 0, "d_only_steps": 0, "gad_steps": 0, "seqkd_steps": 0, "save_every": 0,
+                "eval_every": 0, "teacher_temperature": 0, "eval_temperature": 0, "batch_prompts": 1,
+                "max_response_len": 1, "max_prompt_len": 1, "gen_batch_size": 1, "teacher_concurrency": 1,
+                "teacher_max_tokens": 1, "pretrain_steps": 1, "max_bad_steps": 1, "eval_samples": 1, "log_every": 1,
+                "sample_every": 1}
+    for name, low in at_least.items():
+        if getattr(cfg, name) < low:
+            error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
+    for name in ("temperature", "grad_clip", "teacher_timeout"):
+        if getattr(cfg, name) <= 0:
+            error(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}"
+                  + (" (on-policy sampling needs a temperature)" if name == "temperature" else ""))
+    if set(cfg.eval_models.split(",")) - {"", "before", "warmup", "seqkd", "gad"}:
+        error(f"--eval-models: choose from before,warmup,seqkd,gad (comma-separated), got {cfg.eval_models!r}")
+    if cfg.prompts and cfg.teacher_data:
+        error("give --prompts (to send to a teacher) or --teacher-data (already answered), not both")
+    if cfg.frozen_d and not os.path.exists(os.path.join(cfg.frozen_d, "config.json")):
+        error(f"--frozen-d: {cfg.frozen_d} is not a model folder (no config.json); expected e.g. runs/x/gad/discriminator")
+    if cfg.init_from and not os.path.isdir(os.path.join(cfg.init_from, "generator")):
+        error(f"--init-from: {cfg.init_from}/generator not found (expected a run's warmup folder)")
+    if not (cfg.prompts or cfg.teacher_data) and cfg.batch_prompts > len(world.prompts("train")):
+        error(f"--batch-prompts {cfg.batch_prompts} is larger than the embedded world's "
+              f"{len(world.prompts('train'))} training prompts")
+
+
+# ---------------------------------------------------------------------------- the run folder
+class Run:
+    """One run folder: config.json, metrics.jsonl, resume points, and the per-step bookkeeping."""
+
+    def __init__(self, cfg, log):
+        self.cfg, self.log, self.bad = cfg, log, 0
+        self.config = {**vars(cfg), "teacher_base_url": redact_url(cfg.teacher_base_url)}  # never a password
+        self.config_path = os.path.join(cfg.out_dir, "config.json")
+        if cfg.resume and os.path.exists(self.config_path):  # a resumed run must be the same run
+            old = json.load(open(self.config_path))
+            changed = [k for k, v in self.config.items() if k != "resume" and k in old and old[k] != v]
+            if changed:
+                raise SystemExit(f"train_gad.py: --resume with different flags than the run in {cfg.out_dir}: "
+                                 + ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {self.config[k]!r}"
+                                             for k in changed))
+        os.makedirs(cfg.out_dir, exist_ok=True)
+
+    def start(self):
+        """The run really starts: write config.json, find the resume point, reset the metrics of what will be
+        redone. Returns [(phase, its resume point or None)] for the phases left to train."""
+        cfg = self.cfg
+        checkpoint.write_json(self.config_path, self.config)
+        phases = PHASES[cfg.mode]
+        resume = checkpoint.latest(cfg.out_dir) if cfg.resume else None
+        if resume and resume["phase"] not in phases + ["done"]:
+            raise SystemExit(f"train_gad.py: --resume: the resume point is for phase {resume['phase']!r}, "
+                             f"which --mode {cfg.mode} does not run")
+        if resume:
+            self.log(f"[resume] continuing at {resume['phase']} step {resume['next_step']}")
+            phases = phases[phases.index(resume["phase"]):] if resume["phase"] in phases else []
+        else:
+            if cfg.resume:
+                self.log(f"[resume] no resume point in {cfg.out_dir}: starting from the beginning")
+            shutil.rmtree(os.path.join(cfg.out_dir, "resume"), ignore_errors=True)
+        checkpoint.reset_metrics(cfg.out_dir, set().union(*[STAGES[p] for p in phases]),
+                                 resume["next_step"] if resume else 0)
+        self.phases = phases
+        return [(p, resume if resume and resume["phase"] == p and resume["dir"] else None) for p in phases]
+
+    def finish(self, phase):
+        """A phase is trained: the resume pointer moves to the next one ("done" after the last)."""
+        i = self.phases.index(phase)
+        checkpoint.mark_phase_start(self.cfg.out_dir, self.phases[i + 1] if i + 1 < len(self.phases) else "done")
+
+    def steps(self, start, total, desc):
+        return tqdm(range(start, total), desc=desc, initial=start, total=total, disable=None)
+
+    def end_step(self, stage, step, metrics, seconds, data, batch, samples, tok, players):
+        """After one step: judge (--eval-every), log, stop after too many non-finite steps, write a resume point.
+        players = (G, G's optimiser, D or None, D's optimiser or None)."""
+        cfg = self.cfg
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            metrics["judge_fidelity"] = judge_fidelity(players[0], tok, cfg)
+        self.write_metrics(stage, step, metrics, seconds, data, batch, samples, tok)
+        self.guard(metrics, stage, step)
+        total = cfg.seqkd_steps if stage == "seqkd" else cfg.warmup_steps + cfg.gad_steps
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+            checkpoint.save_resume(cfg.out_dir, "seqkd" if stage == "seqkd" else "gad", step + 1, tok, data, *players)
+
+    def write_metrics(self, stage, step, metrics, seconds, data, batch, samples, tok):
+        """metrics.jsonl (one JSON object per step) + a concise line every log_every steps."""
+        rec = {"stage": stage, "step": step, **{k: checkpoint.finite_or_none(v) for k, v in metrics.items()},
+               "seconds": round(seconds, 4)}
+        with open(os.path.join(self.cfg.out_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if step % self.cfg.log_every == 0:
+            keys = ["d_loss", "d_acc", "d_gap", "sft_loss", "reward_mean", "reward_group_std", "kl",
+                    "entropy", "response_length"]
+            tqdm.write(f"[{stage} {step:4d}] " + " ".join(f"{k} {rec[k]:.3f}" for k in keys if rec.get(k) is not None))
+        if samples is not None and step % self.cfg.sample_every == 0:
+            i = batch.idx[0]
+            tqdm.write(f"  prompt : {data.prompts[i][-1]['content']}\n"
+                       f"  student: {tok.decode(samples[0], skip_special_tokens=True)}\n"
+                       f"  teacher: {data.teacher_texts[i]}")
+
+    def guard(self, metrics, stage, step):
+        """Counts consecutive skipped (non-finite) steps; stops the run when there are too many."""
+        if not any(k.endswith("_skipped") for k in metrics):
+            self.bad = 0
+            return
+        self.bad += 1
+        tqdm.write(f"[{stage} {step}] non-finite loss or gradient: update skipped ({self.bad} in a row)")
+        if self.bad >= self.cfg.max_bad_steps:
+            last = checkpoint.latest(self.cfg.out_dir)
+            raise SystemExit(f"train_gad.py: stopped at {stage} step {step} after {self.bad} consecutive non-finite "
+                             f"steps; last good resume point: {last['dir'] if last else 'none'}")
+
+
+# ---------------------------------------------------------------------------- the players' checkpoints
+def amp():
+    """bf16 autocast on GPU (weights and optimiser stay fp32); plain fp32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if DEVICE == "cuda" else contextlib.nullcontext()
+
+
+def model_kwargs(cfg):
+    # fp32 master weights everywhere (bf16 weights would round away 1e-6-sized updates); bf16 autocast on GPU
+    return dict(dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+
+
+def load_generator(path, cfg):
+    """G (or the KL reference): a causal LM from a checkpoint folder or hub name."""
+    G = AutoModelForCausalLM.from_pretrained(path, **model_kwargs(cfg)).to(DEVICE)
+    if cfg.gradient_checkpointing:  # transformers 5 renamed it; older: the 2nd name
+        getattr(G, "activation_checkpointing_enable", G.gradient_checkpointing_enable)()
+    return G
+
+
+def load_discriminator(path, cfg):
+    """D: the backbone alone (no LM head is loaded) + a fresh scalar head, unless one is saved there."""
+    D = Discriminator.from_pretrained(path, **model_kwargs(cfg)).to(DEVICE)
+    if cfg.gradient_checkpointing:
+        getattr(D.backbone, "activation_checkpointing_enable", D.backbone.gradient_checkpointing_enable)()
+    return D
+
+
+def save_players(G, D, tok, name, cfg):
+    """runs/<name>/<warmup|gad|seqkd>/generator (and discriminator/): plain save_pretrained folders."""
+    checkpoint.save_model(G, os.path.join(cfg.out_dir, name, "generator"), tok)
+    if D is not None:
+        checkpoint.save_model(D, os.path.join(cfg.out_dir, name, "discriminator"), tok)
+
+
+# ---------------------------------------------------------------------------- the embedded student, evaluation
+def starting_student(cfg, log):
+    """(folder or hub name, tokenizer) of the starting student: --student, or the embedded world's (pretrained
+    here once, then shared)."""
+    path = student_folder(cfg, log)
+    try:
+        return path, load_tokenizer(path, cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"train_gad.py: --student {cfg.student}: {str(e).splitlines()[0]}")
+
+
+def student_folder(cfg, log):
+    if cfg.student != "embedded":
+        if not os.path.isdir(cfg.student) and (cfg.student.startswith((".", "/")) or cfg.student.count("/") != 1):
+            raise SystemExit(f"train_gad.py: --student: model folder not found: {cfg.student}")
+        return cfg.student
+    path = os.path.join(cfg.out_dir, "before", "generator")
+    # one fixed starting student for every --seed, as the paper starts every run from the same checkpoint;
+    # --seed varies the distillation, --pretrain-seed the student
+    spec = {"seed": cfg.pretrain_seed, "pretrain_steps": cfg.pretrain_steps, "world": "embedded:world-v1"}
+    # runs under the same parent folder share it: runs/.starting_student/<spec>/ (3 MB), copied into before/
+    shared = os.path.join(os.path.dirname(os.path.abspath(cfg.out_dir)), ".starting_student",
+                          f"pretrain{cfg.pretrain_seed}-steps{cfg.pretrain_steps}")
+
+    def ready(folder):
+        marker = os.path.join(folder, "world.json")
+        return os.path.exists(marker) and json.load(open(marker)) == spec
+
+    if ready(path):
+        log(f"[world] reusing the pretrained starting student in {path}")
+        return path
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if ready(shared):
+        log(f"[world] copying the pretrained starting student from {shared}")
+        shutil.copytree(shared, tmp)
+    else:
+        log(f"[world] pretraining the starting student ({cfg.pretrain_steps} steps)")
+        world.build_student(tmp, seed=cfg.pretrain_seed, steps=cfg.pretrain_steps, log=log)
+        with open(os.path.join(tmp, "world.json"), "w") as f:
+            json.dump(spec, f)
+        shared_tmp = f"{shared}.tmp{os.getpid()}"
+        shutil.copytree(tmp, shared_tmp)
+        shutil.rmtree(shared, ignore_errors=True)
+        os.replace(shared_tmp, shared)  # atomic: a half-copied student is never "ready"
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def judge_fidelity(G, tok, cfg):
+    """Privileged-judge fidelity of G on the test prompts, 1 sample each; the RNG is left untouched."""
+    state = torch.get_rng_state()
+    prompts = world.prompts("test")
+    texts, _ = student_responses(G, tok, prompts, 1, cfg.eval_temperature, cfg.max_response_len)
+    torch.set_rng_state(state)
+    return judge_responses(prompts, texts, 1)["fidelity"]
+
+
+def evaluate(cfg, log):
+    """The embedded world: judge the run's checkpoints now. Real models: say how (an LLM judge costs money)."""
+    if cfg.student == "embedded" and cfg.teacher == "embedded" and not (cfg.prompts or cfg.teacher_data):
+        evaluate_run(cfg.out_dir, cfg.eval_samples, cfg.eval_temperature, cfg.max_response_len, cfg.seed, log=log,
+                     models=[m for m in cfg.eval_models.split(",") if m])
+    else:
+        log(f"[eval] judge this run with: python eval.py {cfg.out_dir} --test-data TEST.jsonl --judge openai:MODEL")

@@ -175,6 +175,21 @@ class Data:
                      pack(prompts, [self.d_teacher_ids[i] for i in idx], self.pad_id))
 
 
+def micro_batches(batch, size):
+    """(row slice, packed rows) pieces of a packed batch, `size` rows each (0 = one piece with every row);
+    a piece is cut to its longest row (training batches are right-padded)."""
+    rows = len(batch["input_ids"])
+    for i in range(0, rows, size or rows):
+        part = {k: v[i:i + (size or rows)] for k, v in batch.items()}
+        width = int(part["attention_mask"].sum(-1).max()) if size and size < rows else part["input_ids"].shape[1]
+        yield slice(i, i + (size or rows)), {k: v[:, :width] for k, v in part.items()}
+
+
+def rows(batch, start, stop):
+    """Rows start:stop of a packed batch."""
+    return {k: v[start:stop] for k, v in batch.items()}
+
+
 def student_batch(batch, samples, n, pad_id):
     """[prompt ; sample] rows, grouped by prompt: row i*n + j is sample j of prompt i."""
     return pack([p for p in batch.prompts for _ in range(n)], samples, pad_id)

@@ -54,18 +54,21 @@ def last_token_index(attention_mask):
     return (attention_mask * (pos + 1)).argmax(-1)                                       # [B]
 
 
-def bt_loss(teacher_scores, student_scores, n):
+def bt_loss(teacher_scores, student_scores, n, prompts=None):
     """Bradley-Terry loss (paper Eq. 3) and D's health metrics.
 
-    teacher_scores [B], student_scores [B*n] grouped by prompt."""
+    teacher_scores [B], student_scores [B*n] grouped by prompt. prompts: the step's number of prompts when
+    these are one micro-batch of its prompt groups; the losses of all micro-batches then sum to the mean
+    over all of the step's pairs."""
     gap = teacher_scores.repeat_interleave(n) - student_scores                           # [B*n]
-    loss = -F.logsigmoid(gap).mean()
+    loss = -F.logsigmoid(gap).sum() / (n * (prompts or len(teacher_scores)))
     return loss, pair_metrics(loss, teacher_scores, student_scores, gap)
 
 
-def bce_loss(teacher_scores, student_scores, n):
+def bce_loss(teacher_scores, student_scores, n, prompts=None):
     """The binary-cross-entropy alternative (paper Table 4): -log s(D(y_t)) - log(1 - s(D(y_s)))."""
-    loss = -F.logsigmoid(teacher_scores).mean() - F.logsigmoid(-student_scores).mean()
+    prompts = prompts or len(teacher_scores)
+    loss = -F.logsigmoid(teacher_scores).sum() / prompts - F.logsigmoid(-student_scores).sum() / (n * prompts)
     gap = teacher_scores.repeat_interleave(n) - student_scores                           # [B*n]
     return loss, pair_metrics(loss, teacher_scores, student_scores, gap)
 

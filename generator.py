@@ -17,6 +17,7 @@ import threading
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, GenerationConfig
 
 
@@ -133,35 +134,88 @@ def finished(response, eos_id):
 
 
 # ---------------------------------------------------------------------------- log-probs
-def token_logprobs(model, batch, temperature=1.0, with_entropy=False):
-    """Per-token log-probs of the sequence under the model, logits scaled by 1/temperature.
+LOGITS_PER_CHUNK = 2 ** 24  # floats of [tokens, vocab] logits alive at once in token_logprobs (64 MB in fp32)
 
-    Returns logp [B, L] (position j = log p(input_ids[j] | input_ids[<j]); 0 at position 0) and,
-    if asked, the entropy [B, L] of the same distributions (no gradient)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=position_ids(batch["attention_mask"])).logits[:, :-1].float()  # [B, L-1, V]
-    logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)                                          # [B, L-1, V]
-    logp = logp_all.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)          # [B, L-1]
-    logp = F.pad(logp, (1, 0))                                                        # [B, L]
+
+def token_logprobs(model, batch, temperature=1.0, with_entropy=False):
+    """Per-token log-probs of the response tokens under the model, logits scaled by 1/temperature.
+
+    Returns logp [B, L] (position j = log p(input_ids[j] | input_ids[<j]) where response_mask[j] = 1; 0
+    elsewhere) and, if asked, the entropy [B, L] of the same distributions (no gradient).
+    Memory: the backbone runs on every position, but the LM head, log-softmax and entropy only at the
+    positions that predict a response token, in chunks of LOGITS_PER_CHUNK / vocab tokens; with more than
+    one chunk each is recomputed in backward, so no [B, L, V] tensor ever exists and the peak is one chunk."""
+    mask = batch["response_mask"][:, 1:].bool()                                       # [B, L-1]: j predicts j+1
+    hidden = backbone(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             position_ids=position_ids(batch["attention_mask"])).last_hidden_state
+    hidden, targets = hidden[:, :-1][mask], batch["input_ids"][:, 1:][mask]           # [T, H], [T]
+    head = model.get_output_embeddings()
+    chunk = max(1, LOGITS_PER_CHUNK // head.weight.shape[0])
+    parts = []
+    for i in range(0, len(targets), chunk):
+        args = (model.config, head, hidden[i:i + chunk], targets[i:i + chunk], temperature, with_entropy)
+        many = len(targets) > chunk and torch.is_grad_enabled()
+        parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if many else _chunk_logprobs(*args))
+    logp = _scatter(mask, torch.cat([p[0] for p in parts]) if parts else hidden.new_zeros(0))      # [B, L]
     if not with_entropy:
         return logp
+    return logp, _scatter(mask, torch.cat([p[1] for p in parts]) if parts else hidden.new_zeros(0))
+
+
+def _chunk_logprobs(config, head, hidden, targets, temperature, with_entropy):
+    """hidden [t, H], targets [t] -> log p(target) [t] and entropy [t] (or an empty tensor)."""
+    logits = final_logits(config, head(hidden).float()) / temperature                 # [t, V]
+    logp_all = F.log_softmax(logits, dim=-1)                                          # [t, V]
+    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)                          # [t]
+    if not with_entropy:
+        return logp, logp.new_zeros(0)
     with torch.no_grad():
-        ent = -(logp_all.exp() * logp_all).sum(-1)                                    # [B, L-1]
-    return logp, F.pad(ent, (1, 0))
+        return logp, -(logp_all.exp() * logp_all).sum(-1)                             # [t]
 
 
-def masked_mean(x, mask):
-    """Mean of x over mask==1 entries (token mean over the whole batch); 0, not NaN, if all masked."""
+def backbone(model):
+    """The transformer under the LM head (HF's base_model: model.model for Llama, .transformer for GPT-2)."""
+    if model.base_model is model:
+        raise ValueError(f"{type(model).__name__}: no base model under the LM head; token_logprobs needs one")
+    return model.base_model
+
+
+def final_logits(config, logits):
+    """What some architectures do to the head's output before the softmax (Gemma 2/3, Cohere, Granite)."""
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    if getattr(config, "final_logit_softcapping", None):
+        logits = torch.tanh(logits / config.final_logit_softcapping) * config.final_logit_softcapping
+    return logits
+
+
+def _scatter(mask, values):
+    """values at mask's True positions of [B, L-1] -> [B, L], shifted so position j holds token j's value."""
+    return F.pad(torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values), (1, 0))
+
+
+def masked_mean(x, mask, count=None):
+    """Mean of x over mask==1 entries (token mean over the whole batch); 0, not NaN, if all masked.
+    count: the number of tokens to divide by when x is one micro-batch of a larger batch (default: mask's
+    own count). Summing such partial means over the micro-batches gives the full batch's mean, exactly."""
     mask = mask.bool()
-    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1).to(x.dtype)
+    count = mask.sum().clamp(min=1) if count is None else torch.as_tensor(count)
+    return torch.where(mask, x, 0.0).sum() / count.to(x.dtype)
+
+
+def response_tokens(batch):
+    """The number of response tokens of a batch, for masked_mean(..., count) over its micro-batches."""
+    return batch["response_mask"].bool().sum().clamp(min=1)
 
 
 # ---------------------------------------------------------------------------- losses
-def sft_loss(model, batch):
-    """Warmup / SeqKD loss: token-mean cross-entropy on response tokens (teacher text + EOS)."""
+def sft_loss(model, batch, count=None):
+    """Warmup / SeqKD loss: token-mean cross-entropy on response tokens (teacher text + EOS).
+    count: the step's response tokens when batch is one of its micro-batches (see masked_mean)."""
     logp = token_logprobs(model, batch)                                               # [B, L]
-    loss = -masked_mean(logp, batch["response_mask"])
+    loss = -masked_mean(logp, batch["response_mask"], count)
     return loss, {"sft_loss": loss.item()}
 
 
@@ -193,7 +247,7 @@ def k3_kl(logp, ref_logp):
     return torch.exp(d) - d - 1
 
 
-def policy_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=0.001):
+def policy_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=0.001, count=None):
     """GRPO generator loss (paper Eq. 2 optimised with Eq. 6's advantages), token-mean.
 
     logp, old_logp, ref_logp, mask: [B*n, L]; advantages: [B*n] (broadcast to every response token).
@@ -201,11 +255,12 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coe
       pg    = -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A)
       loss  = token_mean(pg + kl_coef * k3(logp, ref_logp))
     With old_logp = logp.detach() (one step per rollout batch) the loss *value* is -mean(A) ~ 0
-    while its gradient is -A * grad log p: a loss near zero is expected, not a bug."""
+    while its gradient is -A * grad log p: a loss near zero is expected, not a bug.
+    count: the step's response tokens when these rows are one micro-batch (see masked_mean)."""
     adv = advantages[:, None]                                                         # [B, 1]
     ratio = torch.exp(logp - old_logp)                                                # [B, L]
     pg = -torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)       # [B, L]
     kl = k3_kl(logp, ref_logp)                                                        # [B, L]
-    loss = masked_mean(pg + kl_coef * kl, mask)
-    return loss, {"pg_loss": masked_mean(pg, mask).item(), "kl": masked_mean(kl, mask).item(),
-                  "clip_frac": masked_mean(((ratio - 1).abs() > clip_eps).float(), mask).item()}
+    loss = masked_mean(pg + kl_coef * kl, mask, count)
+    return loss, {"pg_loss": masked_mean(pg, mask, count).item(), "kl": masked_mean(kl, mask, count).item(),
+                  "clip_frac": masked_mean(((ratio - 1).abs() > clip_eps).float(), mask, count).item()}

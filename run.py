@@ -57,7 +57,7 @@ def check(cfg, error):
         error(f"--n-samples must be >= 2 for group-normalised advantages, got {cfg.n_samples}")
     at_least = {"lr_warmup": 0, "lr_gad": 0, "lr_d": 0, "lr_seqkd": 0, "kl_coef": 0, "clip_eps": 0, "weight_decay": 0,
                 "warmup_steps": 0, "d_only_steps": 0, "gad_steps": 0, "seqkd_steps": 0, "save_every": 0,
-                "eval_every": 0, "teacher_temperature": 0, "eval_temperature": 0, "batch_prompts": 1,
+                "eval_every": 0, "micro_batch_size": 0, "teacher_temperature": 0, "eval_temperature": 0, "batch_prompts": 1,
                 "max_response_len": 1, "max_prompt_len": 1, "gen_batch_size": 1, "teacher_concurrency": 1,
                 "teacher_max_tokens": 1, "pretrain_steps": 1, "max_bad_steps": 1, "eval_samples": 1, "log_every": 1,
                 "sample_every": 1}

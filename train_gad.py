@@ -19,6 +19,7 @@ Simplified (README "Simplifications"): no micro-batching; defaults sized for a 2
 (the paper's values are in --help); SeqKD keeps its last checkpoint. Flags, resume and logs live in run.py.
 """
 import copy
+import math
 import os
 import time
 
@@ -28,10 +29,10 @@ from tqdm import tqdm
 import checkpoint
 import run
 import world
-from data import Data, DataError, load_records, student_batch
+from data import Data, DataError, load_records, micro_batches, rows, student_batch
 from discriminator import bce_loss, bt_loss
-from generator import (group_advantages, group_std, masked_mean, policy_loss, sample, sample_metrics, sft_loss, to,
-                       token_logprobs)
+from generator import (group_advantages, group_std, masked_mean, policy_loss, response_tokens, sample, sample_metrics,
+                       sft_loss, to, token_logprobs)
 from teacher import TeacherCache, TeacherError, collect, default_cache_path, is_empty, make_teacher
 
 # ---------------------------------------------------------------------------- the paper's hyper-parameters
@@ -74,6 +75,7 @@ RUN = {
     "prompts": ("", "JSONL/parquet of prompts (content = chat messages, or prompt = string) for --teacher"),
     "teacher_data": ("", "JSONL/parquet of answers already collected (+ teacher_response, the paper's format)"),
     "gen_batch_size": (64, "sequences sampled at once (chunks keep generation memory flat)"),
+    "micro_batch_size": (0, "rows per forward/backward in every update (0 = all at once); the gradient is exact"),
     "gradient_checkpointing": (False, "trade compute for memory in G and D (flag)"),
     "trust_remote_code": (False, "allow model code from the checkpoint to run (flag; off unless you ask)"),
     "init_from": ("", "start stage 2 from a warmup folder of an earlier run (runs/x/warmup): skip stage 1"),
@@ -142,38 +144,67 @@ def teacher_pairs(cfg, records, log):
 
 
 # ---------------------------------------------------------------------------- one update of each player
-def optimizer_step(loss, model, opt, cfg, name):
-    """Backward, clip, step -- unless the loss or the gradient is not finite: then the step is skipped."""
-    opt.zero_grad()
-    loss.backward()
+# Every update runs over micro-batches of --micro-batch-size rows (default: all at once), each loss divided by
+# the step's whole count (response tokens, pairs), so the accumulated gradient is exactly the full batch's.
+def optimizer_step(model, opt, cfg, name, loss):
+    """Clip and step on the accumulated gradient -- unless the loss or the gradient is not finite: then skip."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    if not (torch.isfinite(loss) and torch.isfinite(norm)):
+    if not (math.isfinite(loss) and torch.isfinite(norm)):
         opt.zero_grad()
         return {f"{name}_grad_norm": None, f"{name}_skipped": 1}
     opt.step()
     return {f"{name}_grad_norm": norm.item()}
 
 
+def d_scores(D, batch, s_batch, cfg, backward=True):
+    """D's scores of the teacher rows [B] and of the samples [B*n], detached, in micro-batches of whole prompt
+    groups; with backward, D's loss (Eq. 3, or Table 4's BCE) is back-propagated on the way (its gradient
+    accumulates in D until d_update steps on it)."""
+    n, B, loss_fn = cfg.n_samples, len(batch.prompts), bt_loss if cfg.d_loss == "bt" else bce_loss
+    per, scores = max(1, cfg.micro_batch_size // n) if cfg.micro_batch_size else B, []
+    D.zero_grad()
+    for i in range(0, B, per):
+        with torch.set_grad_enabled(backward):
+            t = D(to(rows(batch.teacher_for_d, i, i + per), DEVICE))                  # [p]
+            s = D(to(rows(s_batch, i * n, (i + per) * n), DEVICE))                    # [p*n]
+        if backward:
+            loss_fn(t, s, n, prompts=B)[0].backward()
+        scores.append((t.detach(), s.detach()))
+    return torch.cat([t for t, _ in scores]), torch.cat([s for _, s in scores])
+
+
 def d_update(D, opt, teacher_scores, student_scores, cfg, step=True):
-    """D's loss (Eq. 3, or Table 4's BCE) on this step's scores, and one optimiser step unless D is frozen."""
+    """D's health metrics on this step's scores, and one optimiser step (unless D is frozen)."""
     loss, m = (bt_loss if cfg.d_loss == "bt" else bce_loss)(teacher_scores, student_scores, cfg.n_samples)
-    return m | (optimizer_step(loss, D, opt, cfg, "d") if step else {})
+    return m | (optimizer_step(D, opt, cfg, "d", loss.item()) if step else {})
 
 
 def sft_update(G, opt, batch, cfg):
-    loss, m = sft_loss(G, to(batch, DEVICE))
-    return m | optimizer_step(loss, G, opt, cfg, "g")
+    opt.zero_grad()
+    m, count = {"sft_loss": 0.0}, response_tokens(batch)
+    for _, part in micro_batches(batch, cfg.micro_batch_size):
+        loss, _ = sft_loss(G, to(part, DEVICE), count)
+        loss.backward()
+        m["sft_loss"] += loss.item()
+    return m | optimizer_step(G, opt, cfg, "g", m["sft_loss"])
 
 
 def g_update(G, ref, opt, s_batch, advantages, cfg):
     """One GRPO update of G on its own samples, with the k3 KL to the reference as a loss term."""
-    s_batch = to(s_batch, DEVICE)
-    logp, entropy = token_logprobs(G, s_batch, cfg.temperature, with_entropy=True)      # [B*n, L]
-    with torch.no_grad():
-        ref_logp = token_logprobs(ref, s_batch, cfg.temperature)                         # [B*n, L]
-    loss, m = policy_loss(logp, logp.detach(), ref_logp, advantages, s_batch["response_mask"], cfg.clip_eps,
-                          cfg.kl_coef)
-    return m | optimizer_step(loss, G, opt, cfg, "g") | {"entropy": masked_mean(entropy, s_batch["response_mask"]).item()}
+    opt.zero_grad()
+    m, total, count = {}, 0.0, response_tokens(s_batch)
+    for rows_, part in micro_batches(s_batch, cfg.micro_batch_size):
+        part = to(part, DEVICE)
+        logp, entropy = token_logprobs(G, part, cfg.temperature, with_entropy=True)     # [b, L]
+        with torch.no_grad():
+            ref_logp = token_logprobs(ref, part, cfg.temperature)                        # [b, L]
+        loss, pm = policy_loss(logp, logp.detach(), ref_logp, advantages[rows_], part["response_mask"],
+                               cfg.clip_eps, cfg.kl_coef, count)
+        loss.backward()
+        total += loss.item()
+        pm["entropy"] = masked_mean(entropy, part["response_mask"], count).item()
+        m = {k: m.get(k, 0.0) + v for k, v in pm.items()}  # partial means over the step's tokens add up
+    return m | optimizer_step(G, opt, cfg, "g", total)
 
 
 def who_learns(stage, step, cfg):
@@ -193,7 +224,7 @@ def warmup_step(G, D, g_opt, d_opt, tok, batch, cfg, update_D=True, update_G=Tru
                          cfg.gen_batch_size)
         s_batch = student_batch(batch, samples, cfg.n_samples, tok.pad_token_id)
         # 2. one D update on the Bradley-Terry loss (Eq. 3), each sample paired with its prompt's teacher answer
-        m = d_update(D, d_opt, D(to(batch.teacher_for_d, DEVICE)), D(to(s_batch, DEVICE)), cfg)
+        m = d_update(D, d_opt, *d_scores(D, batch, s_batch, cfg), cfg)
         m |= sample_metrics(samples, tok.eos_token_id)
     if update_G:
         # 3. one SFT update of G on the teacher's answers
@@ -208,10 +239,9 @@ def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     samples = sample(G, tok, batch.prompts, n, cfg.temperature, cfg.max_response_len, cfg.gen_batch_size)
     s_batch = student_batch(batch, samples, n, tok.pad_token_id)
     # 2. rewards (Eq. 2): D's scores of the samples with D's weights before this step's update.
-    #    The same forward pass gives D's loss in 4 (one D forward, not two).
-    with torch.set_grad_enabled(update_D):
-        teacher_scores, student_scores = D(to(batch.teacher_for_d, DEVICE)), D(to(s_batch, DEVICE))  # [B], [B*n]
-    rewards = student_scores.detach()                                                    # [B*n]
+    #    The same forward pass back-propagates D's loss for 4 (one D forward, not two).
+    teacher_scores, student_scores = d_scores(D, batch, s_batch, cfg, backward=update_D)  # [B], [B*n]
+    rewards = student_scores                                                             # [B*n], detached
     # 3. group-normalised advantages (Eq. 6)
     advantages = group_advantages(rewards, n)                                            # [B*n]
     # 4. one D update on the Bradley-Terry loss (Eq. 3) -- not with --frozen-d

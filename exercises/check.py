@@ -281,23 +281,21 @@ class Recorder:
                    "student_batch needs this step's samples")
             return "s_batch"
 
-        def D(x):
-            expect("d_update" not in rec.calls, "D scored something after its update: the rewards are D's scores "
-                   "*before* this step's update (Eq. 2), and D's loss needs the scores of that same forward pass")
-            rec.calls.append("D")
-            if x == "s_batch":
-                rec.student_scores = torch.arange(float(cfg.batch_prompts * cfg.n_samples), requires_grad=True) * 1.0
-                return rec.student_scores
-            expect(x == "t_batch_for_d", "D scores the teacher side as batch.teacher_for_d (its rows end with EOS, "
-                   "like the samples' -- the lab flag only changes what that batch holds)")
-            rec.teacher_scores = torch.zeros(cfg.batch_prompts, requires_grad=True) * 1.0
-            return rec.teacher_scores
+        def d_scores(D_, batch, s_batch, cfg_, backward=True):
+            expect("d_update" not in rec.calls, "D scored the samples after its update: the rewards are D's scores "
+                   "*before* this step's update (Eq. 2)")
+            expect(s_batch == "s_batch", "d_scores must score this step's samples (s_batch)")
+            expect(backward == rec.update_D, f"d_scores(backward={backward}) when update_D={rec.update_D}: D's loss "
+                   "must be back-propagated exactly when D is to be updated")
+            rec.calls.append("d_scores")
+            rec.teacher_scores = torch.zeros(cfg.batch_prompts)
+            rec.student_scores = torch.arange(float(cfg.batch_prompts * cfg.n_samples))
+            return rec.teacher_scores, rec.student_scores
 
         def group_advantages(rewards, n, eps=1e-6):
             rec.calls.append("advantages")
-            expect(rec.student_scores is not None and torch.equal(rewards, rec.student_scores.detach()),
-                   "the advantages must be computed from D's scores of this step's samples (the rewards)")
-            expect(not rewards.requires_grad, "detach the rewards: G's loss must not send gradients into D")
+            expect(rewards is rec.student_scores, "the advantages must be computed from the rewards: d_scores' "
+                   "scores of this step's samples, before D's update")
             expect(n == cfg.n_samples, f"group_advantages got n={n}; a group is the n_samples={cfg.n_samples} "
                    "samples of one prompt")
             rec.advantages = torch.zeros_like(rewards)
@@ -306,7 +304,7 @@ class Recorder:
         def d_update(D_, opt, teacher_scores, student_scores, cfg_, step=True):
             rec.calls.append("d_update")
             expect(student_scores is rec.student_scores and teacher_scores is rec.teacher_scores,
-                   "d_update must get the teacher's and the samples' scores of this step's D forward")
+                   "d_update must get the teacher's and the samples' scores of this step's d_scores")
             expect(step == rec.update_D, f"d_update(step={step}) when update_D={rec.update_D}: a frozen D "
                    "(--frozen-d) must not take an optimiser step")
             return {"d_loss": 0.69}
@@ -317,19 +315,19 @@ class Recorder:
             expect(s_batch == "s_batch", "g_update trains on this step's samples (s_batch)")
             return {"kl": 0.0}
 
-        return dict(sample=sample, student_batch=student_batch, group_advantages=group_advantages,
-                    d_update=d_update, g_update=g_update, to=lambda b, device: b, DEVICE="cpu",
-                    sample_metrics=lambda s, e: {"response_length": 2.0, "truncated": 0.0}), D
+        return dict(sample=sample, student_batch=student_batch, group_advantages=group_advantages, d_scores=d_scores,
+                    d_update=d_update, g_update=g_update, sample_metrics=lambda s, e: {"response_length": 2.0,
+                                                                                      "truncated": 0.0})
 
 
 def run_step(f, update_D=True):
     cfg = types.SimpleNamespace(n_samples=4, batch_prompts=2, temperature=0.8, max_response_len=8, gen_batch_size=64)
     rec = Recorder(update_D)
-    blocks, D = rec.blocks(cfg)
+    blocks = rec.blocks(cfg)
     g = types.FunctionType(f.__code__, {**f.__globals__, **blocks}, f.__name__, f.__defaults__, f.__closure__)
     batch = types.SimpleNamespace(idx=[0, 1], prompts=[[1, 2], [1, 3]], teacher="t_batch", teacher_for_d="t_batch_for_d")
     tok = types.SimpleNamespace(pad_token_id=0, eos_token_id=1)
-    out = g(object(), D, object(), object(), object(), tok, batch, cfg, update_D)
+    out = g(object(), object(), object(), object(), object(), tok, batch, cfg, update_D)
     expect(isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict),
            f"return (metrics, samples); got {type(out).__name__}")
     return rec, out
@@ -345,9 +343,9 @@ LEARN_GAIN = 0.15  # the project's own step: 0.344 -> 0.625 here (exercises/ex5_
 def checks_5(f):
     def order():
         rec, (m, samples) = run_step(f)
-        expect(rec.calls in (["sample", "D", "D", "advantages", "d_update", "g_update"],
-                             ["sample", "D", "D", "d_update", "advantages", "g_update"]),
-               f"a GAD step called {rec.calls}; expected sample -> D (teacher), D (samples) -> advantages -> "
+        expect(rec.calls in (["sample", "d_scores", "advantages", "d_update", "g_update"],
+                             ["sample", "d_scores", "d_update", "advantages", "g_update"]),
+               f"a GAD step called {rec.calls}; expected sample -> d_scores (the rewards) -> advantages -> "
                "d_update -> g_update: the paper's order")
         expect(samples is not None and len(samples) == 8, "return this step's samples (the logger prints one)")
         for k in ("reward_mean", "response_length", "kl"):
@@ -380,7 +378,7 @@ def checks_5(f):
 
     return [("GAD step order", order, "sample, then D's scores (= rewards, before D's update), advantages, "
              "d_update, g_update"),
-            ("frozen D is not updated", frozen, "pass step=update_D to d_update"),
+            ("frozen D is not updated", frozen, "pass backward=update_D to d_scores and step=update_D to d_update"),
             ("a tiny run learns", learns, "compare your function with the lines given in the skeleton")]
 
 

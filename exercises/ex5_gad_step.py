@@ -5,21 +5,20 @@ The project's version is train_gad.gad_step; train_gad.train_gad calls it once p
 The check records the order your step calls its building blocks in, then trains a tiny run in which only
 your step teaches G (the warmup trains D alone), about a minute on a laptop, and checks that G learns.
 """
-import torch  # noqa: F401
-
 from data import student_batch  # noqa: F401
-from generator import group_advantages, group_std, sample, sample_metrics, to  # noqa: F401
-from train_gad import DEVICE, d_update, g_update  # noqa: F401
+from generator import group_advantages, group_std, sample, sample_metrics  # noqa: F401
+from train_gad import d_scores, d_update, g_update  # noqa: F401
 
 
 def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     """Stage 2: G learns by policy gradient from D's scores of its own samples; D keeps learning.
     Returns (metrics, samples).
 
-    The blocks: sample (n responses per prompt from G), student_batch ([prompt ; sample] rows),
-    D(rows) (D's scores), group_advantages (Eq. 6), d_update (D's Bradley-Terry loss, Eq. 3, and one
-    optimiser step unless step=False), g_update (one GRPO + k3 KL update of G). update_D is False with
-    --frozen-d: D still scores, but takes no optimiser step.
+    The blocks: sample (n responses per prompt from G), student_batch ([prompt ; sample] rows), d_scores
+    (D's scores of the teacher rows and the samples, detached; with backward=True it also back-propagates
+    D's Bradley-Terry loss, Eq. 3), group_advantages (Eq. 6), d_update (D's metrics and one optimiser step
+    unless step=False), g_update (one GRPO + k3 KL update of G). update_D is False with --frozen-d: D still
+    scores, but learns nothing.
     """
     n = cfg.n_samples
     # TODO: the step. Use lines from this list (each at most once; two of them are traps), in the right order.
@@ -27,13 +26,12 @@ def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     #   m |= g_update(G, ref, g_opt, s_batch, advantages, cfg)
     #   advantages = group_advantages(rewards, n)                                              # [B*n]
     #   samples = sample(G, tok, batch.prompts, n, cfg.temperature, cfg.max_response_len, cfg.gen_batch_size)
-    #   rewards = D(to(s_batch, DEVICE)).detach()                                               # [B*n]
+    #   rewards = d_scores(D, batch, s_batch, cfg, backward=False)[1]                           # [B*n]
     #   m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)
-    #   with torch.set_grad_enabled(update_D):
-    #       teacher_scores, student_scores = D(to(batch.teacher_for_d, DEVICE)), D(to(s_batch, DEVICE))
+    #   teacher_scores, student_scores = d_scores(D, batch, s_batch, cfg, backward=update_D)  # [B], [B*n]
     #   s_batch = student_batch(batch, samples, n, tok.pad_token_id)
     #   return m | sample_metrics(samples, tok.eos_token_id), samples
-    #   rewards = student_scores.detach()                                                       # [B*n]
+    #   rewards = student_scores                                                                # [B*n]
     #   m |= {"reward_mean": rewards.mean().item(), "reward_group_std": group_std(rewards.view(-1, n)).mean().item()}
     #   advantages = group_advantages(rewards, cfg.batch_prompts)                              # [B*n]
     raise NotImplementedError("exercise 5: order the lines of one GAD step")

@@ -15,15 +15,14 @@ HEAD = "import torch\nimport torch.nn.functional as F\n"
 # a correct exercise-5 step; the planted bugs below each change one thing in it
 STEP5 = """
 from data import student_batch
-from generator import group_advantages, sample, sample_metrics, to
-from train_gad import DEVICE, d_update, g_update
+from generator import group_advantages, sample, sample_metrics
+from train_gad import d_scores, d_update, g_update
 def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     n = cfg.n_samples
     samples = sample(G, tok, batch.prompts, n, cfg.temperature, cfg.max_response_len, cfg.gen_batch_size)
     s_batch = student_batch(batch, samples, n, tok.pad_token_id)
-    with torch.set_grad_enabled(update_D):
-        teacher_scores, student_scores = D(to(batch.teacher_for_d, DEVICE)), D(to(s_batch, DEVICE))
-    rewards = student_scores.detach()
+    teacher_scores, student_scores = d_scores(D, batch, s_batch, cfg, backward=update_D)
+    rewards = student_scores
     advantages = group_advantages(rewards, n)
     m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)
     m |= g_update(G, ref, g_opt, s_batch, advantages, cfg)
@@ -95,11 +94,12 @@ PLANTED = [
         "    advantages = group_advantages(rewards, n)\n    m = d_update(D, d_opt, teacher_scores, student_scores, "
         "cfg, step=update_D)\n",
         "    m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)\n"
-        "    rewards = D(to(s_batch, DEVICE)).detach()\n    advantages = group_advantages(rewards, n)\n")),
+        "    rewards = d_scores(D, batch, s_batch, cfg, backward=False)[1]\n"
+        "    advantages = group_advantages(rewards, n)\n")),
     (5, "frozen D updated", STEP5.replace("step=update_D", "step=True")),
     (5, "advantages over the wrong groups", STEP5.replace("group_advantages(rewards, n)",
                                                           "group_advantages(rewards, cfg.batch_prompts)")),
-    (5, "rewards not detached", STEP5.replace("rewards = student_scores.detach()", "rewards = student_scores")),
+    (5, "D's loss never back-propagated", STEP5.replace("backward=update_D", "backward=False")),
 ]
 
 

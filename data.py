@@ -110,6 +110,14 @@ def load_records(path, need_response=False, log=None):
     return out
 
 
+def read_training_file(path, need_response, batch_prompts, log):
+    """train_gad's --prompts / --teacher-data file, checked row by row before anything loads (None: no file)."""
+    records = load_records(path, need_response=need_response, log=log) if path else None
+    if records and batch_prompts > len(records):
+        raise DataError(f"--batch-prompts {batch_prompts} is larger than the {len(records)} rows of {path}")
+    return records
+
+
 def duplicate_prompts(records):
     """How many rows repeat the messages of an earlier row."""
     seen = set()

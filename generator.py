@@ -142,35 +142,39 @@ def token_logprobs(model, batch, temperature=1.0, with_entropy=False):
 
     Returns logp [B, L] (position j = log p(input_ids[j] | input_ids[<j]) where response_mask[j] = 1; 0
     elsewhere) and, if asked, the entropy [B, L] of the same distributions (no gradient).
-    Memory: the backbone runs on every position, but the LM head, log-softmax and entropy only at the
-    positions that predict a response token, in chunks of LOGITS_PER_CHUNK / vocab tokens; with more than
-    one chunk each is recomputed in backward, so no [B, L, V] tensor ever exists and the peak is one chunk."""
+    Memory: when [B, L, vocab] logits fit in LOGITS_PER_CHUNK floats they are computed at once. Otherwise
+    the LM head, log-softmax and entropy run only at the positions that predict a response token, in
+    chunks of LOGITS_PER_CHUNK / vocab tokens, each recomputed in backward: no [B, L, V] tensor ever
+    exists and the peak is one chunk, whatever the batch or the vocabulary."""
     mask = batch["response_mask"][:, 1:].bool()                                       # [B, L-1]: j predicts j+1
     hidden = backbone(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             position_ids=position_ids(batch["attention_mask"])).last_hidden_state
-    hidden, targets = hidden[:, :-1][mask], batch["input_ids"][:, 1:][mask]           # [T, H], [T]
-    head = model.get_output_embeddings()
-    chunk = max(1, LOGITS_PER_CHUNK // head.weight.shape[0])
-    parts = []
+                             position_ids=position_ids(batch["attention_mask"])).last_hidden_state   # [B, L, H]
+    head, targets = model.get_output_embeddings(), batch["input_ids"][:, 1:]
+    if hidden.shape[0] * hidden.shape[1] * head.weight.shape[0] <= LOGITS_PER_CHUNK:  # all logits at once
+        logp, ent = _chunk_logprobs(model.config, head, hidden, targets, temperature, with_entropy, shift=True)
+        logp, ent = torch.where(mask, logp, 0.0), torch.where(mask, ent, 0.0) if with_entropy else None
+        return (F.pad(logp, (1, 0)), F.pad(ent, (1, 0))) if with_entropy else F.pad(logp, (1, 0))
+    hidden, targets = hidden[:, :-1][mask], targets[mask]                             # [T, H], [T]
+    chunk, parts = max(1, LOGITS_PER_CHUNK // head.weight.shape[0]), []
     for i in range(0, len(targets), chunk):
         args = (model.config, head, hidden[i:i + chunk], targets[i:i + chunk], temperature, with_entropy)
-        many = len(targets) > chunk and torch.is_grad_enabled()
-        parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if many else _chunk_logprobs(*args))
-    logp = _scatter(mask, torch.cat([p[0] for p in parts]) if parts else hidden.new_zeros(0))      # [B, L]
-    if not with_entropy:
-        return logp
-    return logp, _scatter(mask, torch.cat([p[1] for p in parts]) if parts else hidden.new_zeros(0))
+        parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+                     else _chunk_logprobs(*args))
+    logp = _scatter(mask, torch.cat([p[0] for p in parts]))                           # [B, L]
+    return (logp, _scatter(mask, torch.cat([p[1] for p in parts]))) if with_entropy else logp
 
 
-def _chunk_logprobs(config, head, hidden, targets, temperature, with_entropy):
-    """hidden [t, H], targets [t] -> log p(target) [t] and entropy [t] (or an empty tensor)."""
-    logits = final_logits(config, head(hidden).float()) / temperature                 # [t, V]
-    logp_all = F.log_softmax(logits, dim=-1)                                          # [t, V]
-    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)                          # [t]
+def _chunk_logprobs(config, head, hidden, targets, temperature, with_entropy, shift=False):
+    """hidden [..., H], targets [...] -> log p(target) [...] and entropy [...] (or None); shift: hidden is
+    [B, L, H] and targets [B, L-1], so the last position's logits are dropped."""
+    logits = head(hidden)
+    logits = final_logits(config, (logits[:, :-1] if shift else logits).float()) / temperature     # [..., V]
+    logp_all = F.log_softmax(logits, dim=-1)                                          # [..., V]
+    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)                        # [...]
     if not with_entropy:
-        return logp, logp.new_zeros(0)
+        return logp, None
     with torch.no_grad():
-        return logp, -(logp_all.exp() * logp_all).sum(-1)                             # [t]
+        return logp, -(logp_all.exp() * logp_all).sum(-1)                             # [...]
 
 
 def backbone(model):

@@ -57,7 +57,8 @@ def check(cfg, error):
         error(f"--n-samples must be >= 2 for group-normalised advantages, got {cfg.n_samples}")
     at_least = {"lr_warmup": 0, "lr_gad": 0, "lr_d": 0, "lr_seqkd": 0, "kl_coef": 0, "clip_eps": 0, "weight_decay": 0,
                 "warmup_steps": 0, "d_only_steps": 0, "gad_steps": 0, "seqkd_steps": 0, "save_every": 0,
-                "eval_every": 0, "micro_batch_size": 0, "teacher_temperature": 0, "eval_temperature": 0, "batch_prompts": 1,
+                "eval_every": 0, "micro_batch_size": 0, "teacher_temperature": 0, "eval_temperature": 0,
+                "batch_prompts": 1,
                 "max_response_len": 1, "max_prompt_len": 1, "gen_batch_size": 1, "teacher_concurrency": 1,
                 "teacher_max_tokens": 1, "pretrain_steps": 1, "max_bad_steps": 1, "eval_samples": 1, "log_every": 1,
                 "sample_every": 1}
@@ -73,7 +74,7 @@ def check(cfg, error):
     if cfg.prompts and cfg.teacher_data:
         error("give --prompts (to send to a teacher) or --teacher-data (already answered), not both")
     if cfg.frozen_d and not os.path.exists(os.path.join(cfg.frozen_d, "config.json")):
-        error(f"--frozen-d: {cfg.frozen_d} is not a model folder (no config.json); expected e.g. runs/x/gad/discriminator")
+        error(f"--frozen-d: {cfg.frozen_d} is not a model folder (no config.json); expected runs/x/gad/discriminator")
     if cfg.init_from and not os.path.isdir(os.path.join(cfg.init_from, "generator")):
         error(f"--init-from: {cfg.init_from}/generator not found (expected a run's warmup folder)")
     if not (cfg.prompts or cfg.teacher_data) and cfg.batch_prompts > len(world.prompts("train")):

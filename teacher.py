@@ -298,3 +298,13 @@ def make_teacher(spec, seed=0, base_url=None, system_prompt=None, temperature=1.
         return HFTeacher(spec[3:], system_prompt=system_prompt, temperature=temperature,
                          max_new_tokens=max_tokens, trust_remote_code=trust_remote_code)
     raise TeacherError(f"--teacher {spec!r}: expected embedded, openai:MODEL or hf:PATH")
+
+
+def trainable(finishes, texts, log):
+    """Indices of the answers to train on: finished, not empty, not refused. Each kind left out is counted."""
+    left_out = {"empty": sum(map(is_empty, texts)), "refused": finishes.count("refused"),
+                "cut off at the teacher's token limit (--teacher-max-tokens)": finishes.count("length")}
+    for why, count in left_out.items():
+        if count:
+            log(f"[teacher] {count} of {len(texts)} answers {why}: recorded in the cache, not trained on")
+    return [i for i, (t, f) in enumerate(zip(texts, finishes)) if f == "stop" and t and t.strip()]

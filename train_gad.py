@@ -1,8 +1,5 @@
 """Generative Adversarial Distillation (GAD, arXiv 2511.10643) in one readable loop.
-
-    python train_gad.py                      # embedded world: teacher data, warmup, GAD, SeqKD, eval
-    python train_gad.py --mode seqkd         # only the SeqKD baseline (SFT on teacher text)
-    python train_gad.py --help               # every hyper-parameter, with its meaning
+`python train_gad.py` runs it all on the embedded world; `--help` lists every option and the paper's values.
 
 Stage 0  read the data files; collect the teacher's answers (cached on disk, never paid for twice)
 Stage 1  warmup (`warmup_step`): D learns to rank teacher above student (Bradley-Terry) on G's samples;
@@ -15,8 +12,8 @@ Stage 2  GAD (`gad_step`), per step, in the paper's order (Algorithm 1):
            5. one G update on the GRPO loss with a k3 KL to the post-warmup G
 SeqKD    the baseline: SFT on the same teacher data, same start, same number of G steps and prompts.
 
-Simplified (README "Simplifications"): no micro-batching; defaults sized for a 2-core CPU and a 0.8M student
-(the paper's values are in --help); SeqKD keeps its last checkpoint. Flags, resume and logs live in run.py.
+Simplified (README "Simplifications"): defaults sized for a 2-core CPU and a 0.8M student; one process;
+SeqKD keeps its last checkpoint. Flags, resume and logs live in run.py.
 """
 import copy
 import math
@@ -29,11 +26,11 @@ from tqdm import tqdm
 import checkpoint
 import run
 import world
-from data import Data, DataError, load_records, micro_batches, rows, student_batch
+from data import Data, DataError, micro_batches, read_training_file, rows, student_batch
 from discriminator import bce_loss, bt_loss
 from generator import (group_advantages, group_std, masked_mean, policy_loss, response_tokens, sample, sample_metrics,
                        sft_loss, to, token_logprobs)
-from teacher import TeacherCache, TeacherError, collect, default_cache_path, is_empty, make_teacher
+from teacher import TeacherCache, TeacherError, collect, default_cache_path, make_teacher, trainable
 
 # ---------------------------------------------------------------------------- the paper's hyper-parameters
 PAPER = {  # name: (default here, meaning (paper: its value))
@@ -67,7 +64,7 @@ RUN = {
     "pretrain_steps": (800, "embedded student: pretraining steps on the broad corpus (batch 64)"),
     "pretrain_seed": (0, "embedded student: its pretraining seed (the same start for every --seed, as in the paper)"),
     "teacher": ("embedded", "embedded | openai:MODEL (any OpenAI-compatible endpoint) | hf:PATH (a local model)"),
-    "teacher_base_url": ("", "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI); key: $OPENAI_API_KEY"),
+    "teacher_base_url": ("", "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI's); key from the env"),
     "teacher_cache": ("", "answer cache file; default: <parent of --out-dir>/.teacher_cache/, shared by those runs"),
     "teacher_system_prompt": ("", "a system prompt only the teacher sees (context distillation)"),
     "teacher_concurrency": (8, "teacher requests in flight at once"),
@@ -96,24 +93,11 @@ CONFIG = {**PAPER, **RUN}
 DEVICE = run.DEVICE
 
 
-def parse_args(argv=None):
+def parse_args(argv=None):  # the flags of CONFIG, each checked (run.py)
     return run.parse_args(CONFIG, argv, __doc__)
 
 
 # ---------------------------------------------------------------------------- stage 0: data and teacher answers
-def read_data_files(cfg, log):
-    """The --prompts / --teacher-data file, checked row by row before anything loads; None = embedded prompts."""
-    path = cfg.teacher_data or cfg.prompts
-    try:
-        records = load_records(path, need_response=bool(cfg.teacher_data), log=log) if path else None
-    except DataError as e:
-        raise SystemExit(f"train_gad.py: {e}")
-    if records and cfg.batch_prompts > len(records):
-        raise SystemExit(f"train_gad.py: --batch-prompts {cfg.batch_prompts} is larger than the {len(records)} rows "
-                         f"of {path}")
-    return records
-
-
 def teacher_pairs(cfg, records, log):
     """(prompts, teacher texts): from --teacher-data, or by asking the teacher (cached). Empty, refused and
     cut-off answers are left out, with a count in the log."""
@@ -133,13 +117,7 @@ def teacher_pairs(cfg, records, log):
         raise SystemExit(f"train_gad.py: {e}")
     log(f"[teacher] {len(prompts)} prompts: {calls} teacher calls, {len(prompts) - calls} from the cache ({path})"
         + (f", {teacher.retries} retries" if getattr(teacher, "retries", 0) else ""))
-    texts, finishes = [t[0] for t in texts], [f[0] for f in finishes]
-    left_out = {"empty": sum(map(is_empty, texts)), "refused": finishes.count("refused"),
-                "cut off at the teacher's token limit (--teacher-max-tokens)": finishes.count("length")}
-    for why, count in left_out.items():
-        if count:
-            log(f"[teacher] {count} of {len(texts)} answers {why}: recorded in the cache, not trained on")
-    keep = [i for i, (t, f) in enumerate(zip(texts, finishes)) if f == "stop" and t and t.strip()]
+    texts, keep = [t[0] for t in texts], trainable([f[0] for f in finishes], [t[0] for t in texts], log)
     return [prompts[i] for i in keep], [texts[i] for i in keep]
 
 
@@ -207,22 +185,14 @@ def g_update(G, ref, opt, s_batch, advantages, cfg):
     return m | optimizer_step(G, opt, cfg, "g", total)
 
 
-def who_learns(stage, step, cfg):
-    """(update D?, update G?) at this step. Every ablation and lab that keeps a player still is here, once:
-    --frozen-d and --no-d-warmup keep D fixed; in the first d_only_steps of the warmup only D learns."""
-    return (not cfg.frozen_d and not (stage == "warmup" and cfg.no_d_warmup),
-            stage == "gad" or step >= cfg.d_only_steps)
-
-
 # ---------------------------------------------------------------------------- Algorithm 1, one step of each stage
 def warmup_step(G, D, g_opt, d_opt, tok, batch, cfg, update_D=True, update_G=True):
     """Stage 1: D learns to rank the teacher's answers above G's samples; G imitates the teacher (SFT)."""
-    m, samples = {}, None
+    m, samples, n = {}, None, cfg.n_samples
     if update_D:
         # 1. sample n responses per prompt from the current G
-        samples = sample(G, tok, batch.prompts, cfg.n_samples, cfg.temperature, cfg.max_response_len,
-                         cfg.gen_batch_size)
-        s_batch = student_batch(batch, samples, cfg.n_samples, tok.pad_token_id)
+        samples = sample(G, tok, batch.prompts, n, cfg.temperature, cfg.max_response_len, cfg.gen_batch_size)
+        s_batch = student_batch(batch, samples, n, tok.pad_token_id)
         # 2. one D update on the Bradley-Terry loss (Eq. 3), each sample paired with its prompt's teacher answer
         m = d_update(D, d_opt, *d_scores(D, batch, s_batch, cfg), cfg)
         m |= sample_metrics(samples, tok.eos_token_id)
@@ -261,16 +231,18 @@ def train_gad(G, D, tok, data, cfg, r, resume=None):
     if resume:  # continue a killed run exactly where its last resume point was written
         g_state, d_state = checkpoint.restore_state(resume, data)
         if start > cfg.warmup_steps:  # past the hand-off: rebuild the KL reference, GAD's G optimiser
-            ref = frozen(run.load_generator(os.path.join(cfg.out_dir, "warmup", "generator"), cfg))
+            ref = run.load_generator(os.path.join(cfg.out_dir, "warmup", "generator"), cfg).eval().requires_grad_(False)
             g_opt = adamw(G, cfg.lr_gad, cfg)
         g_opt.load_state_dict(g_state), d_opt.load_state_dict(d_state)
     for step in r.steps(start, cfg.warmup_steps + cfg.gad_steps, "warmup+GAD"):
         stage = "warmup" if step < cfg.warmup_steps else "gad"
         if step == cfg.warmup_steps:  # hand-off: KL reference = the post-warmup G; G gets a new optimiser, D keeps its
             run.save_players(G, D, tok, "warmup", cfg)
-            ref, g_opt = frozen(copy.deepcopy(G)), adamw(G, cfg.lr_gad, cfg)
+            ref, g_opt = copy.deepcopy(G).eval().requires_grad_(False), adamw(G, cfg.lr_gad, cfg)
         t0, batch = time.time(), data.next()
-        update_D, update_G = who_learns(stage, step, cfg)
+        # who learns: every ablation and lab that keeps a player still is here, once (D alone in the first steps)
+        update_D = not cfg.frozen_d and not (stage == "warmup" and cfg.no_d_warmup)
+        update_G = stage == "gad" or step >= cfg.d_only_steps
         with run.amp():
             if stage == "warmup":
                 m, samples = warmup_step(G, D, g_opt, d_opt, tok, batch, cfg, update_D, update_G)
@@ -297,16 +269,15 @@ def adamw(model, lr, cfg):
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
 
 
-def frozen(model):
-    return model.eval().requires_grad_(False)
-
-
 # ---------------------------------------------------------------------------- main
 def main(argv=None):
     cfg, log, t_start = parse_args(argv), tqdm.write, time.time()
     torch.manual_seed(cfg.seed)
     r = run.Run(cfg, log)                              # the run folder: same flags on --resume? which phases are left?
-    records = read_data_files(cfg, log)                # stage 0: every check before anything is loaded or paid for
+    try:                                               # stage 0: every check before anything is loaded or paid for
+        records = read_training_file(cfg.teacher_data or cfg.prompts, bool(cfg.teacher_data), cfg.batch_prompts, log)
+    except DataError as e:
+        raise SystemExit(f"train_gad.py: {e}")
     student, tok = run.starting_student(cfg, log)
     data = Data(tok, *teacher_pairs(cfg, records, log), cfg, log)
     for phase, resume in r.start():                    # config.json is written now: the run really starts

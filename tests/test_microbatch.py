@@ -90,7 +90,7 @@ def grads_after(update, model):
 @pytest.mark.parametrize("micro", [1, 2, 3, 5])
 def test_micro_batched_updates_give_the_full_batch_gradient(players, tok, micro):
     gen, disc = players
-    ref = train_gad.frozen(copy.deepcopy(gen))
+    ref = copy.deepcopy(gen).eval().requires_grad_(False)
     batch, s_batch = uneven_batch(tok)
     advantages = torch.tensor([1.0, -1.0, 0.3, -0.3, 2.0, -2.0])
     updates = {

@@ -1,6 +1,7 @@
 """Teacher: black-box text only, and the on-disk cache that never pays for a response twice."""
 import json
 
+import data as data_mod
 import teacher as T
 import world
 
@@ -119,7 +120,8 @@ def test_refusals_and_cut_off_answers_are_recorded_never_asked_again_and_not_tra
     cfg = train_gad.parse_args(["--prompts", str(f), "--teacher-cache", path, "--out-dir", str(tmp_path / "run"),
                                 "--batch-prompts", "2"])
     logs = []
-    kept_prompts, kept_texts = train_gad.teacher_pairs(cfg, train_gad.read_data_files(cfg, logs.append), logs.append)
+    records = data_mod.read_training_file(cfg.prompts, False, cfg.batch_prompts, logs.append)
+    kept_prompts, kept_texts = train_gad.teacher_pairs(cfg, records, logs.append)
     assert kept_prompts == prompts[2:] and "cats are" not in kept_texts
     assert any("1 of 5 answers refused" in x for x in logs)
     assert any("1 of 5 answers cut off at the teacher's token limit" in x for x in logs)

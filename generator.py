@@ -155,7 +155,7 @@ def token_logprobs(model, batch, temperature=1.0, with_entropy=False):
         logp, ent = torch.where(mask, logp, 0.0), torch.where(mask, ent, 0.0) if with_entropy else None
         return (F.pad(logp, (1, 0)), F.pad(ent, (1, 0))) if with_entropy else F.pad(logp, (1, 0))
     hidden, targets = hidden[:, :-1][mask], targets[mask]                             # [T, H], [T]
-    chunk, parts = max(1, LOGITS_PER_CHUNK // head.weight.shape[0]), []
+    chunk, parts = max(1, LOGITS_PER_CHUNK // head.weight.shape[0]), [(hidden.new_zeros(0), hidden.new_zeros(0))]
     for i in range(0, len(targets), chunk):
         args = (model.config, head, hidden[i:i + chunk], targets[i:i + chunk], temperature, with_entropy)
         parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()

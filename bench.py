@@ -9,6 +9,7 @@ Settings (rows = prompts x n samples; tokens = the response length every sample 
   bigvocab-1024  the same at 32 x 8 = 256 rows x 1,024 tokens
   bigvocab-2x    128 rows x 1,024 tokens / 256 rows x 512: what doubling one of them does to the peak
   smollm         SmolLM2-135M (the offline extra: python smollm.py), 8 x 8 = 64 rows x 256 tokens, micro-batch 8
+  smollm-mb4     the same with micro-batch 4
   tiny           a random Llama with a 1,024-word vocabulary, 4 x 2 rows x 16 tokens: seconds (a smoke test)
 Phases: sample (HF generate), d_score (D's forward on teacher rows and samples, with D's backward when D
 learns), d_update (D's optimiser step), reference (the KL reference's log-probs), g_update (G's forward,
@@ -43,6 +44,7 @@ SETTINGS = {  # name: (model, prompts, n, response tokens, micro-batch size)
     "bigvocab-2x-rows": ("bigvocab", 32, 8, 512, 8),
     "bigvocab-2x-tokens": ("bigvocab", 16, 8, 1024, 8),
     "smollm": ("smollm", 8, 8, 256, 8),
+    "smollm-mb4": ("smollm", 8, 8, 256, 4),
     "tiny": ("tiny", 4, 2, 16, 3),  # seconds: a check that the benchmark runs (the tests use it)
 }
 PHASES = ["sample", "d_score", "d_update", "reference", "g_update"]

@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import os
-import random
 import resource
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ import run
 import train_gad
 import world
 from data import Batch, pack
+from teacher import EmbeddedTeacher
 
 SETTINGS = {  # name: (model, prompts, n, response tokens, micro-batch size)
     "embedded": ("embedded", 16, 8, 40, 0),
@@ -81,7 +81,8 @@ def models(kind, out):
 def batches(kind, tok, vocab, prompts, n, tokens, seed):
     if kind == "embedded":
         cfg = train_gad.parse_args(["--batch-prompts", str(prompts)])
-        texts = [world.teacher_respond(m, random.Random(i)) for i, m in enumerate(world.prompts("train"))]
+        teacher = EmbeddedTeacher(seed=0)  # the default run's teacher answers
+        texts = [teacher.respond(m)[0] for m in world.prompts("train")]
         data = train_gad.Data(tok, world.prompts("train"), texts, cfg, lambda *a: None)
         while True:
             yield data.next()

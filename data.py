@@ -105,8 +105,9 @@ def load_records(path, need_response=False, log=None):
         out.append(rec)
     if not out:
         raise DataError(f"{path}: no rows")
-    if log and duplicate_prompts(out):
-        log(f"[data] {path}: {duplicate_prompts(out)} of {len(out)} prompts repeat an earlier row (kept)")
+    dups = duplicate_prompts(out)
+    if log and dups:
+        log(f"[data] {path}: {dups} of {len(out)} prompts repeat an earlier row (kept)")
     return out
 
 
@@ -186,11 +187,11 @@ class Data:
 def micro_batches(batch, size):
     """(row slice, packed rows) pieces of a packed batch, `size` rows each (0 = one piece with every row);
     a piece is cut to its longest row (training batches are right-padded)."""
-    rows = len(batch["input_ids"])
-    for i in range(0, rows, size or rows):
-        part = {k: v[i:i + (size or rows)] for k, v in batch.items()}
-        width = int(part["attention_mask"].sum(-1).max()) if size and size < rows else part["input_ids"].shape[1]
-        yield slice(i, i + (size or rows)), {k: v[:, :width] for k, v in part.items()}
+    n = len(batch["input_ids"])
+    for i in range(0, n, size or n):
+        part = rows(batch, i, i + (size or n))
+        width = int(part["attention_mask"].sum(-1).max()) if size and size < n else part["input_ids"].shape[1]
+        yield slice(i, i + (size or n)), {k: v[:, :width] for k, v in part.items()}
 
 
 def rows(batch, start, stop):

@@ -171,7 +171,7 @@ def _scrub(text):
     for var, key in os.environ.items():
         if var.endswith("API_KEY") and len(key) >= 4:
             text = text.replace(key, "***")
-    return re.sub(r"//[^/@\s]+@", "//***@", text)
+    return redact_url(text)
 
 
 def endpoint(base_url=None):

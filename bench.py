@@ -2,6 +2,7 @@
 
     python bench.py                      # every setting below, each in a fresh process -> runs/bench/bench.json
     python bench.py --only embedded      # one setting
+    python bench.py --only smollm --processes 2    # under torchrun with FSDP2 (peak memory: the largest rank's)
 
 Settings (rows = prompts x n samples; tokens = the response length every sample runs to):
   embedded       the embedded world's default step: its pretrained student, 16 prompts x 8, responses <= 40
@@ -31,6 +32,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import generator
+import parallel
 import run
 import train_gad
 import world
@@ -75,7 +77,7 @@ def models(kind, out):
     vocab = G.get_output_embeddings().weight.shape[0]
     if kind != "embedded":  # random prompts; an EOS the model never samples, so every sample runs to the limit
         tok = SimpleNamespace(pad_token_id=0, eos_token_id=vocab - 1)
-    return G, D, tok, vocab
+    return G, D, tok, vocab, path
 
 
 def batches(kind, tok, vocab, prompts, n, tokens, seed):
@@ -106,10 +108,12 @@ def timed(name, f, clock):
 
 def bench_one(name, out, steps, untimed=1):
     kind, prompts, n, tokens, micro = SETTINGS[name]
-    G, D, tok, vocab = models(kind, out)
+    parallel.init()
+    G, D, tok, vocab, path = models(kind, out)
     cfg = train_gad.parse_args(["--batch-prompts", str(prompts), "--n-samples", str(n), "--max-response-len",
                                 str(tokens), "--micro-batch-size", str(micro)])
-    ref = copy.deepcopy(G).eval().requires_grad_(False)
+    ref = copy.deepcopy(G) if parallel.world() == 1 else run.load_generator(path, cfg)  # the same weights as G
+    ref = ref.eval().requires_grad_(False)
     g_opt, d_opt = train_gad.adamw(G, cfg.lr_gad, cfg), train_gad.adamw(D, cfg.lr_d, cfg)
     clock, per_step, lengths = {}, [], []
     real = {k: getattr(train_gad, k) for k in ("sample", "d_scores", "d_update", "g_update", "token_logprobs")}
@@ -127,19 +131,20 @@ def bench_one(name, out, steps, untimed=1):
         clock.clear()
         t0 = time.perf_counter()
         with run.amp():
-            m, samples = train_gad.gad_step(G, D, ref, g_opt, d_opt, tok, next(it), cfg)
+            m, samples = train_gad.gad_step(G, D, ref, g_opt, d_opt, tok, parallel.local(next(it)), cfg)
         total = time.perf_counter() - t0
         if step >= 0:
             clock["g_update"] -= clock.get("reference", 0.0)
             per_step.append({**clock, "total": total})
-            lengths.append(sum(len(s) for s in samples))
+            lengths.append(sum(len(s) for s in samples) * parallel.world())
     sec = {k: statistics.median(s[k] for s in per_step) for k in PHASES + ["total"]}
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
+    peak = parallel.largest(peak)  # under torchrun: the largest process's
     return {"setting": name, "model": kind, "vocab": vocab, "rows": prompts * n, "response_tokens": tokens,
             "micro_batch_size": micro, "steps": steps, "seconds": sec,
             "samples_per_s": prompts * n / sec["total"], "tokens_per_s": statistics.median(lengths) / sec["total"],
-            "peak_gb": peak, "device": run.DEVICE, "threads": torch.get_num_threads()}
+            "peak_gb": peak, "device": run.DEVICE, "threads": torch.get_num_threads(), "processes": parallel.world()}
 
 
 def table(results):
@@ -159,17 +164,24 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=3, help="timed GAD steps per setting (default 3)")
     ap.add_argument("--untimed", type=int, default=1, help="untimed warm-up steps before them (default 1)")
     ap.add_argument("--out", default=os.path.join("runs", "bench"), help="output folder")
+    ap.add_argument("--processes", type=int, default=1, help="run each setting under torchrun with this many "
+                    "processes (FSDP2); default 1")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.steps < 1:
         ap.error(f"--steps must be >= 1, got {a.steps}")
     os.makedirs(a.out, exist_ok=True)
     if a.child:  # one setting, in this fresh process (its peak memory is its own)
-        print(json.dumps(bench_one(a.child, a.out, a.steps, a.untimed)))
+        result = bench_one(a.child, a.out, a.steps, a.untimed)
+        if parallel.is_main():
+            print(json.dumps(result))
+        parallel.finish()
         sys.exit(0)
     path, results = os.path.join(a.out, "bench.json"), []
     for name in a.only or list(SETTINGS):
-        p = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(a.steps), "--untimed",
+        launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                      str(a.processes)] if a.processes > 1 else [])
+        p = subprocess.run(launch + [__file__, "--child", name, "--steps", str(a.steps), "--untimed",
                             str(a.untimed), "--out", a.out], capture_output=True, text=True)
         if p.returncode != 0:
             print(f"[bench] {name} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -3,12 +3,14 @@
 Model folders (`save_model`) are plain `save_pretrained` folders. Resume points (`save_resume`) live in
 runs/<name>/resume/step-<phase>-<step>/ and hold
     generator/ discriminator/     weights (safetensors) + tokenizer
-    state.pt                      both AdamW states, the torch / CUDA RNG states, the data order and the
-                                  data RNG state (loaded with weights_only=True: tensors and plain types only)
+    state.pt                      both AdamW states (full, not sharded, under torchrun), every rank's torch / CUDA
+                                  RNG state, the data order and the data RNG state (loaded with
+                                  weights_only=True: tensors and plain types only)
     state.json                    phase ("gad" = warmup + GAD steps, or "seqkd") and the next step
 runs/<name>/resume/latest.json names the newest complete one; it is replaced atomically after the folder is
 complete, so a kill at any moment leaves the previous resume point intact. The KL reference is not
 saved: it is the post-warmup generator, rebuilt from runs/<name>/warmup/generator.
+Under torchrun every rank calls these (the full weights are gathered from the shards); rank 0 writes.
 """
 import json
 import math
@@ -17,18 +19,23 @@ import shutil
 
 import torch
 
+import parallel
+
 
 def save_model(model, path, tok=None):
     """save_pretrained into a temp folder, then rename: a crash never leaves a half-written checkpoint."""
-    tmp, old = path + ".tmp", path + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if tok is not None:
-        tok.save_pretrained(tmp)
-    if os.path.exists(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    weights = parallel.full_weights(model)
+    if parallel.is_main():
+        tmp, old = path + ".tmp", path + ".old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, **weights)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    parallel.barrier()  # the other ranks may read it next (the KL reference)
 
 
 def write_json(path, obj):
@@ -40,18 +47,27 @@ def write_json(path, obj):
 
 
 def save_resume(out_dir, phase, next_step, tok, data, gen, g_opt, disc=None, d_opt=None):
+    g_weights, g_state = parallel.full_weights(gen), parallel.optimizer_state(gen, g_opt)
+    d_weights = parallel.full_weights(disc) if disc is not None else {}
+    d_state = parallel.optimizer_state(disc, d_opt) if disc is not None else None
+    rng = parallel.rng_states()
+    if parallel.is_main():
+        _write_resume(out_dir, phase, next_step, tok, data, gen, g_weights, g_state, disc, d_weights, d_state, rng)
+    parallel.barrier()
+
+
+def _write_resume(out_dir, phase, next_step, tok, data, gen, g_weights, g_state, disc, d_weights, d_state, rng):
     root = os.path.join(out_dir, "resume")
     name = f"step-{phase}-{next_step:07d}"
     tmp = os.path.join(root, name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    gen.save_pretrained(os.path.join(tmp, "generator"))
+    gen.save_pretrained(os.path.join(tmp, "generator"), **g_weights)
     tok.save_pretrained(os.path.join(tmp, "generator"))
     if disc is not None:
-        disc.save_pretrained(os.path.join(tmp, "discriminator"))
-    torch.save({"g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict() if d_opt is not None else None,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        disc.save_pretrained(os.path.join(tmp, "discriminator"), **d_weights)
+    torch.save({"g_opt": g_state, "d_opt": d_state, "processes": len(rng),
+                "torch_rng": [r[0] for r in rng], "cuda_rng": [r[1] for r in rng if r[1] is not None],
                 "data_order": list(data.order), "data_rng": data.rng.getstate()}, os.path.join(tmp, "state.pt"))
     write_json(os.path.join(tmp, "state.json"), {"phase": phase, "next_step": next_step})
     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
@@ -82,15 +98,21 @@ def latest(out_dir):
     return info
 
 
-def restore_state(info, data):
-    """Load optimiser / RNG / data-order state of a resume point; returns the optimiser state dicts."""
+def restore_state(info, data, g=None, d=None):
+    """Load the optimiser / RNG / data-order state of a resume point. g, d: (model, optimiser) pairs to load."""
     state = torch.load(os.path.join(info["dir"], "state.pt"), weights_only=True)
-    torch.set_rng_state(state["torch_rng"])
+    if state.get("processes", 1) != parallel.world():
+        raise SystemExit(f"train_gad.py: --resume: {info['dir']} was written by {state.get('processes', 1)} "
+                         f"processes; resume it with as many (this run has {parallel.world()})")
+    rank = parallel.rank()
+    torch.set_rng_state(state["torch_rng"][rank] if isinstance(state["torch_rng"], list) else state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        torch.cuda.set_rng_state(state["cuda_rng"][rank])
     data.order = list(state["data_order"])
     data.rng.setstate(_as_rng_state(state["data_rng"]))
-    return state["g_opt"], state["d_opt"]
+    for player, key in ((g, "g_opt"), (d, "d_opt")):
+        if player is not None:
+            parallel.load_optimizer_state(*player, state[key])
 
 
 def _as_rng_state(s):

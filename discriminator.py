@@ -34,9 +34,17 @@ class Discriminator(torch.nn.Module):
             d.head.load_state_dict(torch.load(head, weights_only=True))
         return d.to(dtype=d.backbone.dtype)
 
-    def save_pretrained(self, path):
-        self.backbone.save_pretrained(path)
-        torch.save(self.head.state_dict(), os.path.join(path, "discriminator_head.pt"))
+    def save_pretrained(self, path, state_dict=None):
+        """The backbone as a save_pretrained folder + discriminator_head.pt. state_dict: D's full weights (when
+        they are sharded over processes)."""
+        if state_dict is None:
+            self.backbone.save_pretrained(path)
+            torch.save(self.head.state_dict(), os.path.join(path, "discriminator_head.pt"))
+            return
+        part = {name: {k[len(name) + 1:]: v for k, v in state_dict.items() if k.startswith(name + ".")}
+                for name in ("backbone", "head")}
+        self.backbone.save_pretrained(path, state_dict=part["backbone"])
+        torch.save(part["head"], os.path.join(path, "discriminator_head.pt"))
 
     def forward(self, batch):
         """batch from generator.pack -> scores [B] read at each row's last valid token."""

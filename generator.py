@@ -146,6 +146,12 @@ def token_logprobs(model, batch, temperature=1.0, with_entropy=False):
     the LM head, log-softmax and entropy run only at the positions that predict a response token, in
     chunks of LOGITS_PER_CHUNK / vocab tokens, each recomputed in backward: no [B, L, V] tensor ever
     exists and the peak is one chunk, whatever the batch or the vocabulary."""
+    if hasattr(model, "run_sharded"):  # sharded over processes (parallel.py): run inside the root's FSDP hooks
+        return model.run_sharded(_token_logprobs, batch, temperature, with_entropy)
+    return _token_logprobs(model, batch, temperature, with_entropy)
+
+
+def _token_logprobs(model, batch, temperature, with_entropy):
     mask = batch["response_mask"][:, 1:].bool()                                       # [B, L-1]: j predicts j+1
     hidden = backbone(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              position_ids=position_ids(batch["attention_mask"])).last_hidden_state   # [B, L, H]

@@ -4,7 +4,8 @@
     Run                 the run folder: the same flags on --resume, which phases are left, config.json, then per
                         step: the log (metrics.jsonl + a line), the non-finite guard and the resume points
     starting_student    the embedded world's pretrained student, shared by the runs under one parent folder
-    load_generator / load_discriminator / save_players / amp     the players' checkpoints and precision
+    load_generator / load_discriminator / reference / save_players / amp     the players (sharded under torchrun:
+                        parallel.py), their checkpoints and precision
     evaluate            the final judgement (embedded world), or how to judge a real-model run
 """
 import argparse
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 import checkpoint
+import parallel
 import world
 from discriminator import Discriminator
 from generator import load_tokenizer
@@ -102,8 +104,9 @@ class Run:
     def start(self):
         """The run really starts: write config.json, find the resume point, reset the metrics of what will be
         redone. Returns [(phase, its resume point or None)] for the phases left to train."""
-        cfg = self.cfg
-        checkpoint.write_json(self.config_path, self.config)
+        cfg, main = self.cfg, parallel.is_main()
+        if main:
+            checkpoint.write_json(self.config_path, self.config)
         phases = PHASES[cfg.mode]
         resume = checkpoint.latest(cfg.out_dir) if cfg.resume else None
         if resume and resume["phase"] not in phases + ["done"]:
@@ -115,27 +118,33 @@ class Run:
         else:
             if cfg.resume:
                 self.log(f"[resume] no resume point in {cfg.out_dir}: starting from the beginning")
-            shutil.rmtree(os.path.join(cfg.out_dir, "resume"), ignore_errors=True)
-        checkpoint.reset_metrics(cfg.out_dir, set().union(*[STAGES[p] for p in phases]),
-                                 resume["next_step"] if resume else 0)
+            if main:
+                shutil.rmtree(os.path.join(cfg.out_dir, "resume"), ignore_errors=True)
+        if main:
+            checkpoint.reset_metrics(cfg.out_dir, set().union(*[STAGES[p] for p in phases]),
+                                     resume["next_step"] if resume else 0)
+        parallel.barrier()
         self.phases = phases
         return [(p, resume if resume and resume["phase"] == p and resume["dir"] else None) for p in phases]
 
     def finish(self, phase):
         """A phase is trained: the resume pointer moves to the next one ("done" after the last)."""
         i = self.phases.index(phase)
-        checkpoint.mark_phase_start(self.cfg.out_dir, self.phases[i + 1] if i + 1 < len(self.phases) else "done")
+        if parallel.is_main():
+            checkpoint.mark_phase_start(self.cfg.out_dir, self.phases[i + 1] if i + 1 < len(self.phases) else "done")
 
     def steps(self, start, total, desc):
-        return tqdm(range(start, total), desc=desc, initial=start, total=total, disable=None)
+        return tqdm(range(start, total), desc=desc, initial=start, total=total,
+                    disable=None if parallel.is_main() else True)
 
     def end_step(self, stage, step, metrics, seconds, data, batch, samples, tok, players):
         """After one step: judge (--eval-every), log, stop after too many non-finite steps, write a resume point.
         players = (G, G's optimiser, D or None, D's optimiser or None)."""
-        cfg = self.cfg
+        cfg, metrics = self.cfg, parallel.mean_metrics(metrics)  # under torchrun: the means over all ranks
         if cfg.eval_every and step % cfg.eval_every == 0:
             metrics["judge_fidelity"] = judge_fidelity(players[0], tok, cfg)
-        self.write_metrics(stage, step, metrics, seconds, data, batch, samples, tok)
+        if parallel.is_main():
+            self.write_metrics(stage, step, metrics, seconds, data, batch, samples, tok)
         self.guard(metrics, stage, step)
         total = cfg.seqkd_steps if stage == "seqkd" else cfg.warmup_steps + cfg.gad_steps
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
@@ -183,18 +192,23 @@ def model_kwargs(cfg):
 
 def load_generator(path, cfg):
     """G (or the KL reference): a causal LM from a checkpoint folder or hub name."""
-    G = AutoModelForCausalLM.from_pretrained(path, **model_kwargs(cfg)).to(DEVICE)
+    G = AutoModelForCausalLM.from_pretrained(path, **model_kwargs(cfg))
     if cfg.gradient_checkpointing:  # transformers 5 renamed it; older: the 2nd name
         getattr(G, "activation_checkpointing_enable", G.gradient_checkpointing_enable)()
-    return G
+    return parallel.shard(G, DEVICE)
 
 
 def load_discriminator(path, cfg):
     """D: the backbone alone (no LM head is loaded) + a fresh scalar head, unless one is saved there."""
-    D = Discriminator.from_pretrained(path, **model_kwargs(cfg)).to(DEVICE)
+    D = Discriminator.from_pretrained(path, **model_kwargs(cfg))
     if cfg.gradient_checkpointing:
         getattr(D.backbone, "activation_checkpointing_enable", D.backbone.gradient_checkpointing_enable)()
-    return D
+    return parallel.shard(D, DEVICE, layers_of=D.backbone)
+
+
+def reference(cfg):
+    """The KL reference of stage 2: the post-warmup G, frozen (read back from runs/x/warmup/generator)."""
+    return load_generator(os.path.join(cfg.out_dir, "warmup", "generator"), cfg).eval().requires_grad_(False)
 
 
 def save_players(G, D, tok, name, cfg):
@@ -265,6 +279,8 @@ def judge_fidelity(G, tok, cfg):
 
 def evaluate(cfg, log):
     """The embedded world: judge the run's checkpoints now. Real models: say how (an LLM judge costs money)."""
+    if not parallel.is_main():
+        return
     if cfg.student == "embedded" and cfg.teacher == "embedded" and not (cfg.prompts or cfg.teacher_data):
         evaluate_run(cfg.out_dir, cfg.eval_samples, cfg.eval_temperature, cfg.max_response_len, cfg.seed, log=log,
                      models=[m for m in cfg.eval_models.split(",") if m])

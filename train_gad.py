@@ -12,10 +12,10 @@ Stage 2  GAD (`gad_step`), per step, in the paper's order (Algorithm 1):
            5. one G update on the GRPO loss with a k3 KL to the post-warmup G
 SeqKD    the baseline: SFT on the same teacher data, same start, same number of G steps and prompts.
 
-Simplified (README "Simplifications"): defaults sized for a 2-core CPU and a 0.8M student; one process;
-SeqKD keeps its last checkpoint. Flags, resume and logs live in run.py.
+Simplified (README "Simplifications"): defaults sized for a 2-core CPU and a 0.8M student; SeqKD keeps its last
+checkpoint. Flags, resume and logs live in run.py; `torchrun --nproc-per-node N train_gad.py` runs this loop
+data-parallel with FSDP2 (parallel.py: each process takes whole prompt groups of every batch).
 """
-import copy
 import math
 import os
 import time
@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 import checkpoint
+import parallel
 import run
 import world
 from data import Data, DataError, micro_batches, read_training_file, rows, student_batch
@@ -126,8 +127,8 @@ def teacher_pairs(cfg, records, log):
 # the step's whole count (response tokens, pairs), so the accumulated gradient is exactly the full batch's.
 def optimizer_step(model, opt, cfg, name, loss):
     """Clip and step on the accumulated gradient -- unless the loss or the gradient is not finite: then skip."""
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    if not (math.isfinite(loss) and torch.isfinite(norm)):
+    norm = parallel.full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+    if not (math.isfinite(parallel.mean(loss)) and torch.isfinite(norm)):  # every rank decides alike
         opt.zero_grad()
         return {f"{name}_grad_norm": None, f"{name}_skipped": 1}
     opt.step()
@@ -159,7 +160,7 @@ def d_update(D, opt, teacher_scores, student_scores, cfg, step=True):
 
 def sft_update(G, opt, batch, cfg):
     opt.zero_grad()
-    m, count = {"sft_loss": 0.0}, response_tokens(batch)
+    m, count = {"sft_loss": 0.0}, parallel.token_count(response_tokens(batch))  # the step's, over all ranks
     for _, part in micro_batches(batch, cfg.micro_batch_size):
         loss, _ = sft_loss(G, to(part, DEVICE), count)
         loss.backward()
@@ -170,7 +171,7 @@ def sft_update(G, opt, batch, cfg):
 def g_update(G, ref, opt, s_batch, advantages, cfg):
     """One GRPO update of G on its own samples, with the k3 KL to the reference as a loss term."""
     opt.zero_grad()
-    m, total, count = {}, 0.0, response_tokens(s_batch)
+    m, total, count = {}, 0.0, parallel.token_count(response_tokens(s_batch))  # the step's, over all ranks
     for rows_, part in micro_batches(s_batch, cfg.micro_batch_size):
         part = to(part, DEVICE)
         logp, entropy = token_logprobs(G, part, cfg.temperature, with_entropy=True)     # [b, L]
@@ -218,8 +219,9 @@ def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)
     # 5. one G update: GRPO with these advantages + k3 KL to the post-warmup G
     m |= g_update(G, ref, g_opt, s_batch, advantages, cfg)
-    m |= {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
-          "reward_group_std": group_std(rewards.view(-1, n)).mean().item()}
+    everyone = parallel.gather(rewards)  # [B*n] of every rank (for the log only)
+    m |= {"reward_mean": everyone.mean().item(), "reward_std": everyone.std().item(),
+          "reward_group_std": group_std(everyone.view(-1, n)).mean().item()}
     return m | sample_metrics(samples, tok.eos_token_id), samples
 
 
@@ -229,17 +231,15 @@ def train_gad(G, D, tok, data, cfg, r, resume=None):
     g_opt, d_opt = adamw(G, cfg.lr_warmup, cfg), adamw(D, cfg.lr_d, cfg)
     ref, start = None, resume["next_step"] if resume else 0
     if resume:  # continue a killed run exactly where its last resume point was written
-        g_state, d_state = checkpoint.restore_state(resume, data)
-        if start > cfg.warmup_steps:  # past the hand-off: rebuild the KL reference, GAD's G optimiser
-            ref = run.load_generator(os.path.join(cfg.out_dir, "warmup", "generator"), cfg).eval().requires_grad_(False)
-            g_opt = adamw(G, cfg.lr_gad, cfg)
-        g_opt.load_state_dict(g_state), d_opt.load_state_dict(d_state)
+        if start > cfg.warmup_steps:  # past the hand-off: the KL reference, GAD's G optimiser
+            ref, g_opt = run.reference(cfg), adamw(G, cfg.lr_gad, cfg)
+        checkpoint.restore_state(resume, data, (G, g_opt), (D, d_opt))
     for step in r.steps(start, cfg.warmup_steps + cfg.gad_steps, "warmup+GAD"):
         stage = "warmup" if step < cfg.warmup_steps else "gad"
         if step == cfg.warmup_steps:  # hand-off: KL reference = the post-warmup G; G gets a new optimiser, D keeps its
             run.save_players(G, D, tok, "warmup", cfg)
-            ref, g_opt = copy.deepcopy(G).eval().requires_grad_(False), adamw(G, cfg.lr_gad, cfg)
-        t0, batch = time.time(), data.next()
+            ref, g_opt = run.reference(cfg), adamw(G, cfg.lr_gad, cfg)
+        t0, batch = time.time(), parallel.local(data.next())  # this process's prompt groups (all, in one process)
         # who learns: every ablation and lab that keeps a player still is here, once (D alone in the first steps)
         update_D = not cfg.frozen_d and not (stage == "warmup" and cfg.no_d_warmup)
         update_G = stage == "gad" or step >= cfg.d_only_steps
@@ -256,9 +256,9 @@ def train_seqkd(G, tok, data, cfg, r, resume=None):
     """The baseline: SFT on the teacher's answers only, from the same starting student."""
     opt, start = adamw(G, cfg.lr_seqkd, cfg), resume["next_step"] if resume else 0
     if resume:
-        opt.load_state_dict(checkpoint.restore_state(resume, data)[0])
+        checkpoint.restore_state(resume, data, (G, opt))
     for step in r.steps(start, cfg.seqkd_steps, "SeqKD"):
-        t0, batch = time.time(), data.next()
+        t0, batch = time.time(), parallel.local(data.next())
         with run.amp():
             m = sft_update(G, opt, batch.teacher, cfg)
         r.end_step("seqkd", step, m, time.time() - t0, data, batch, None, tok, (G, opt, None, None))
@@ -271,15 +271,20 @@ def adamw(model, lr, cfg):
 
 # ---------------------------------------------------------------------------- main
 def main(argv=None):
-    cfg, log, t_start = parse_args(argv), tqdm.write, time.time()
+    cfg, t_start = parse_args(argv), time.time()
+    parallel.init()                                    # under torchrun: join the others (else one process)
+    log = tqdm.write if parallel.is_main() else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
     r = run.Run(cfg, log)                              # the run folder: same flags on --resume? which phases are left?
     try:                                               # stage 0: every check before anything is loaded or paid for
         records = read_training_file(cfg.teacher_data or cfg.prompts, bool(cfg.teacher_data), cfg.batch_prompts, log)
     except DataError as e:
         raise SystemExit(f"train_gad.py: {e}")
-    student, tok = run.starting_student(cfg, log)
-    data = Data(tok, *teacher_pairs(cfg, records, log), cfg, log)
+    parallel.check(cfg.batch_prompts)
+    with parallel.main_first():                        # under torchrun: the others then read rank 0's caches
+        student, tok = run.starting_student(cfg, log)
+        pairs = teacher_pairs(cfg, records, log)
+    data = Data(tok, *pairs, cfg, log)
     for phase, resume in r.start():                    # config.json is written now: the run really starts
         torch.manual_seed(cfg.seed)
         data.restart()
@@ -287,12 +292,14 @@ def main(argv=None):
         G = run.load_generator(os.path.join(at, "generator") if at else student, cfg)
         if phase == "gad":
             D = run.load_discriminator(cfg.frozen_d or (os.path.join(at, "discriminator") if at else student), cfg)
+            parallel.seed(cfg.seed)                    # under torchrun: each process samples its own stream
             train_gad(G, D, tok, data, cfg, r, resume)
         else:
             train_seqkd(G, tok, data, cfg, r, resume)
         r.finish(phase)
     run.evaluate(cfg, log)
     log(f"[done] {time.time() - t_start:.0f} s; everything is in {cfg.out_dir}")
+    parallel.finish()
 
 
 if __name__ == "__main__":

@@ -249,7 +249,8 @@ def test_discriminator_loads_the_backbone_alone(tiny_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
     train_gad.main(["--student", tiny_dir, "--out-dir", str(tmp_path / "run"), "--mode", "gad", *RUN[:-6],
                     "--gad-steps", "1", "--warmup-steps", "1", "--eval-models", ""])
-    assert loaded == [tiny_dir]                     # G only: D is AutoModel (no LM head), the reference a copy of G
+    # G, then the KL reference (the saved post-warmup G); never D: D is AutoModel (no LM head)
+    assert loaded == [tiny_dir, str(tmp_path / "run" / "warmup" / "generator")]
 
 
 @pytest.mark.parametrize("flags, needle", [(["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),

@@ -251,6 +251,12 @@ def group_std(r):
     return r.std(-1, keepdim=True, unbiased=False)
 
 
+def reward_metrics(rewards, n):
+    """The log's reward_mean, reward_std and reward_group_std (mean within-group std, Eq. 6) of rewards [B*n]."""
+    return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
+            "reward_group_std": group_std(rewards.view(-1, n)).mean().item()}
+
+
 def k3_kl(logp, ref_logp):
     """Per-token k3 estimator of KL(pi || ref) on samples from pi: exp(d) - d - 1, d = ref - logp."""
     d = ref_logp - logp

@@ -38,12 +38,16 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 BF16 = torch.cuda.is_available() or os.environ.get("GAD_FSDP_BF16") == "1"
 
 
-def init():
-    """Join the process group when started by torchrun with more than one process (else: one process)."""
+def init(batch_prompts=None, log=None):
+    """Join the process group when started by torchrun with more than one process (else: one process); check that
+    the step's batch_prompts split into whole prompt groups per process. Returns log on rank 0, a no-op elsewhere."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" is now this rank's GPU
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if batch_prompts is not None:
+        check(batch_prompts)
+    return log if is_main() else (lambda *args, **kwargs: None)
 
 
 def world():

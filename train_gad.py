@@ -13,8 +13,7 @@ Stage 2  GAD (`gad_step`), per step, in the paper's order (Algorithm 1):
 SeqKD    the baseline: SFT on the same teacher data, same start, same number of G steps and prompts.
 
 Simplified (README "Simplifications"): defaults sized for a 2-core CPU and a 0.8M student; SeqKD keeps its last
-checkpoint. Flags, resume and logs live in run.py; `torchrun --nproc-per-node N train_gad.py` runs this loop
-data-parallel with FSDP2 (parallel.py: each process takes whole prompt groups of every batch).
+checkpoint. Flags, resume and logs: run.py; `torchrun --nproc-per-node N train_gad.py`, FSDP2: parallel.py.
 """
 import math
 import os
@@ -29,8 +28,8 @@ import run
 import world
 from data import Data, DataError, micro_batches, read_training_file, rows, student_batch
 from discriminator import bce_loss, bt_loss
-from generator import (group_advantages, group_std, masked_mean, policy_loss, response_tokens, sample, sample_metrics,
-                       sft_loss, to, token_logprobs)
+from generator import (group_advantages, masked_mean, policy_loss, response_tokens, reward_metrics, sample,
+                       sample_metrics, sft_loss, to, token_logprobs)
 from teacher import TeacherCache, TeacherError, collect, default_cache_path, make_teacher, trainable
 
 # ---------------------------------------------------------------------------- the paper's hyper-parameters
@@ -219,9 +218,7 @@ def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)
     # 5. one G update: GRPO with these advantages + k3 KL to the post-warmup G
     m |= g_update(G, ref, g_opt, s_batch, advantages, cfg)
-    everyone = parallel.gather(rewards)  # [B*n] of every rank (for the log only)
-    m |= {"reward_mean": everyone.mean().item(), "reward_std": everyone.std().item(),
-          "reward_group_std": group_std(everyone.view(-1, n)).mean().item()}
+    m |= reward_metrics(parallel.gather(rewards), n)  # over every process's rewards under torchrun
     return m | sample_metrics(samples, tok.eos_token_id), samples
 
 
@@ -272,15 +269,13 @@ def adamw(model, lr, cfg):
 # ---------------------------------------------------------------------------- main
 def main(argv=None):
     cfg, t_start = parse_args(argv), time.time()
-    parallel.init()                                    # under torchrun: join the others (else one process)
-    log = tqdm.write if parallel.is_main() else (lambda *a, **k: None)
+    log = parallel.init(cfg.batch_prompts, tqdm.write)  # under torchrun: join the others; rank 0 logs
     torch.manual_seed(cfg.seed)
     r = run.Run(cfg, log)                              # the run folder: same flags on --resume? which phases are left?
     try:                                               # stage 0: every check before anything is loaded or paid for
         records = read_training_file(cfg.teacher_data or cfg.prompts, bool(cfg.teacher_data), cfg.batch_prompts, log)
     except DataError as e:
         raise SystemExit(f"train_gad.py: {e}")
-    parallel.check(cfg.batch_prompts)
     with parallel.main_first():                        # under torchrun: the others then read rank 0's caches
         student, tok = run.starting_student(cfg, log)
         pairs = teacher_pairs(cfg, records, log)

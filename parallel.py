@@ -18,9 +18,10 @@ How the loop stays the same (each point is one function below):
                  checkpoints are ordinary save_pretrained folders written by rank 0 from the full state dict;
                  resume points hold the full optimiser states and every rank's RNG state
 
-Simplified: fp32 weights and gradients in FSDP (bf16 autocast on GPU, as in one process; an FSDP2
-MixedPrecisionPolicy would halve the all-gather bytes); no overlap tuning; the run folder must be on a filesystem
-every node sees (for resume points and the teacher cache), as for any multi-node checkpointing.
+Precision: the shards (master weights, AdamW states) stay fp32; on GPUs they are gathered as bf16 for compute
+(FSDP2 MixedPrecisionPolicy) and gradients are reduced in fp32. Simplified: no overlap tuning; each process reads
+the whole checkpoint before sharding; the run folder must be on a filesystem every node sees (resume points, the
+teacher cache), as for any multi-node checkpointing.
 """
 import contextlib
 import os

@@ -119,6 +119,15 @@ def read_training_file(path, need_response, batch_prompts, log):
     return records
 
 
+def fixed_subset(items, k, log):
+    """k of the items (all when k is 0 or more than there are), the same k for every --seed (a fixed shuffle)."""
+    if not k or k >= len(items):
+        return items
+    keep = sorted(random.Random(1234).sample(range(len(items)), k))
+    log(f"[data] --train-prompts {k}: training on {k} of the {len(items)} prompts (the same for every seed)")
+    return [items[i] for i in keep]
+
+
 def duplicate_prompts(records):
     """How many rows repeat the messages of an earlier row."""
     seen = set()

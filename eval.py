@@ -77,7 +77,9 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
     """Judge every checkpoint of `models` found in run_dir plus the teacher; write run_dir/eval.json atomically.
 
     Main metrics are on the in-domain "test" prompts; the same metrics on the out-of-domain topics
-    are stored with an "ood_" prefix."""
+    are stored with an "ood_" prefix. The run's world variant (config.json's "world") is judged by its own rules."""
+    config = os.path.join(run_dir, "config.json")
+    world.use(json.load(open(config)).get("world", "default") if os.path.exists(config) else "default")
     splits = {"": world.prompts("test"), "ood_": world.prompts("ood")}
     results, examples = {}, {}
     for name in models:

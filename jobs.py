@@ -24,10 +24,12 @@ import train_gad
 from checkpoint import write_json
 
 JOBS = {}  # output path -> (kind, args)
+AFTER = {}  # output path -> paths of other jobs it reads that its arguments do not name
 
 
-def declare(path, kind, args):
+def declare(path, kind, args, after=()):
     JOBS[path] = (kind, args)
+    AFTER[path] = set(after)
     return path
 
 
@@ -44,8 +46,8 @@ def is_done(path, job):
 def dependencies(path, job, pending):
     """The pending jobs this one reads: those whose path appears in its arguments (and the shared start)."""
     kind, args = job
-    deps = {p for p in pending if p != path and any(isinstance(a, str) and (a == p or a.startswith(p + os.sep))
-                                                    for a in args)}
+    deps = {p for p in pending if p != path and (p in AFTER.get(path, ()) or any(
+        isinstance(a, str) and (a == p or a.startswith(p + os.sep)) for a in args))}
     if kind == "train" and "--student" not in args:
         deps |= {p for p in pending if pending[p][0] == "start"}
     return deps

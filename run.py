@@ -44,6 +44,7 @@ def parse_args(config, argv=None, doc=None):
     if cfg.seqkd_steps == -1:
         cfg.seqkd_steps = cfg.warmup_steps + cfg.gad_steps
     check(cfg, ap.error)
+    world.use(cfg.world)  # the embedded world's variant: its teacher, student and judge
     if cfg.init_from:
         cfg.warmup_steps = 0
     return cfg
@@ -53,6 +54,12 @@ def check(cfg, error):
     """Every flag value that cannot work gets one line here, before any data file, model or teacher is touched."""
     if cfg.mode not in PHASES:
         error(f"--mode must be all, gad or seqkd, got {cfg.mode!r}")
+    if cfg.world not in world.WORLDS:
+        error(f"--world must be one of {', '.join(world.WORLDS)}, got {cfg.world!r}")
+    if cfg.student_hidden % 4:
+        error(f"--student-hidden must be a multiple of 4 (4 attention heads), got {cfg.student_hidden}")
+    if cfg.train_prompts and cfg.train_prompts < cfg.batch_prompts:
+        error(f"--train-prompts {cfg.train_prompts} is smaller than --batch-prompts {cfg.batch_prompts}")
     if cfg.d_loss not in ("bt", "bce"):
         error(f"--d-loss must be bt or bce, got {cfg.d_loss!r}")
     if cfg.n_samples < 2:
@@ -60,7 +67,7 @@ def check(cfg, error):
     at_least = {"lr_warmup": 0, "lr_gad": 0, "lr_d": 0, "lr_seqkd": 0, "kl_coef": 0, "clip_eps": 0, "weight_decay": 0,
                 "warmup_steps": 0, "d_only_steps": 0, "gad_steps": 0, "seqkd_steps": 0, "save_every": 0,
                 "eval_every": 0, "micro_batch_size": 0, "teacher_temperature": 0, "eval_temperature": 0,
-                "batch_prompts": 1,
+                "batch_prompts": 1, "d_steps": 1, "train_prompts": 0, "student_layers": 1, "student_hidden": 4,
                 "max_response_len": 1, "max_prompt_len": 1, "gen_batch_size": 1, "teacher_concurrency": 1,
                 "teacher_max_tokens": 1, "pretrain_steps": 1, "max_bad_steps": 1, "eval_samples": 1, "log_every": 1,
                 "sample_every": 1}
@@ -237,10 +244,14 @@ def student_folder(cfg, log):
     path = os.path.join(cfg.out_dir, "before", "generator")
     # one fixed starting student for every --seed, as the paper starts every run from the same checkpoint;
     # --seed varies the distillation, --pretrain-seed the student
-    spec = {"seed": cfg.pretrain_seed, "pretrain_steps": cfg.pretrain_steps, "world": "embedded:world-v1"}
+    spec = {"seed": cfg.pretrain_seed, "pretrain_steps": cfg.pretrain_steps, "world": f"embedded:{world.version()}"}
+    name = f"pretrain{cfg.pretrain_seed}-steps{cfg.pretrain_steps}"
+    if (cfg.student_hidden, cfg.student_layers) != (128, 3):  # another size: its own student (and spec)
+        spec |= {"hidden": cfg.student_hidden, "layers": cfg.student_layers}
+        name += f"-h{cfg.student_hidden}-l{cfg.student_layers}"
+    name += "" if world.ACTIVE["world"] == "default" else f"-{world.ACTIVE['world']}"
     # runs under the same parent folder share it: runs/.starting_student/<spec>/ (3 MB), copied into before/
-    shared = os.path.join(os.path.dirname(os.path.abspath(cfg.out_dir)), ".starting_student",
-                          f"pretrain{cfg.pretrain_seed}-steps{cfg.pretrain_steps}")
+    shared = os.path.join(os.path.dirname(os.path.abspath(cfg.out_dir)), ".starting_student", name)
 
     def ready(folder):
         marker = os.path.join(folder, "world.json")
@@ -256,7 +267,8 @@ def student_folder(cfg, log):
         shutil.copytree(shared, tmp)
     else:
         log(f"[world] pretraining the starting student ({cfg.pretrain_steps} steps)")
-        world.build_student(tmp, seed=cfg.pretrain_seed, steps=cfg.pretrain_steps, log=log)
+        world.build_student(tmp, seed=cfg.pretrain_seed, steps=cfg.pretrain_steps, hidden=cfg.student_hidden,
+                            layers=cfg.student_layers, log=log)
         with open(os.path.join(tmp, "world.json"), "w") as f:
             json.dump(spec, f)
         shared_tmp = f"{shared}.tmp{os.getpid()}"

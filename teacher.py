@@ -47,7 +47,7 @@ class EmbeddedTeacher:
     """The embedded world's teacher program (world.teacher_respond), seen only through its text."""
 
     def __init__(self, seed=0):
-        self.name = "embedded:world-v1"
+        self.name = f"embedded:{world.version()}"
         self.params = {"seed": seed}
 
     def respond(self, messages, n=1):

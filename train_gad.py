@@ -26,7 +26,7 @@ import checkpoint
 import parallel
 import run
 import world
-from data import Data, DataError, micro_batches, read_training_file, rows, student_batch
+from data import Data, DataError, fixed_subset, micro_batches, read_training_file, rows, student_batch
 from discriminator import bce_loss, bt_loss
 from generator import (group_advantages, masked_mean, policy_loss, response_tokens, reward_metrics, sample,
                        sample_metrics, sft_loss, to, token_logprobs)
@@ -52,6 +52,7 @@ PAPER = {  # name: (default here, meaning (paper: its value))
     "grad_clip": (1.0, "max grad norm for G and D (paper: 0.2)"),
     "weight_decay": (0.01, "AdamW weight decay (paper: 0.01)"),
     "d_loss": ("bt", "bt = Bradley-Terry, Eq. 3; bce = the weaker baseline of Table 4 (paper: bt)"),
+    "d_steps": (1, "D updates per GAD step, each on the step's samples scored anew (paper: 1)"),
     "teacher_temperature": (1.0, "teacher sampling temperature (paper: the API's default)"),
     "teacher_max_tokens": (1024, "teacher response limit in tokens; a cut-off answer is not trained on (paper: 1024)"),
 }
@@ -63,6 +64,10 @@ RUN = {
     "student": ("embedded", "'embedded' = the embedded world's student; else any HF causal LM (hub name or folder)"),
     "pretrain_steps": (800, "embedded student: pretraining steps on the broad corpus (batch 64)"),
     "pretrain_seed": (0, "embedded student: its pretraining seed (the same start for every --seed, as in the paper)"),
+    "student_hidden": (128, "embedded student: hidden size (its own pretrained start when not 128)"),
+    "student_layers": (3, "embedded student: decoder layers (its own pretrained start when not 3)"),
+    "world": ("default", "embedded world variant: default | long (a 31-token teacher mode, constraints across it)"),
+    "train_prompts": (0, "train on this many prompts, a fixed subset the same for every seed (0 = all)"),
     "teacher": ("embedded", "embedded | openai:MODEL (any OpenAI-compatible endpoint) | hf:PATH (a local model)"),
     "teacher_base_url": ("", "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI's); key from the env"),
     "teacher_cache": ("", "answer cache file; default: <parent of --out-dir>/.teacher_cache/, shared by those runs"),
@@ -102,9 +107,11 @@ def teacher_pairs(cfg, records, log):
     """(prompts, teacher texts): from --teacher-data, or by asking the teacher (cached). Empty, refused and
     cut-off answers are left out, with a count in the log."""
     if cfg.teacher_data:
+        records = fixed_subset(records, cfg.train_prompts, log)
         log(f"[teacher] {len(records)} pre-collected responses from {cfg.teacher_data}; no teacher calls")
         return [r["messages"] for r in records], [r["teacher_response"] for r in records]
     prompts = [r["messages"] for r in records] if records else world.prompts("train")
+    prompts = fixed_subset(prompts, cfg.train_prompts, log)
     try:
         teacher = make_teacher(cfg.teacher, seed=cfg.seed, base_url=cfg.teacher_base_url or None,
                                system_prompt=cfg.teacher_system_prompt or None, temperature=cfg.teacher_temperature,
@@ -214,8 +221,10 @@ def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     rewards = student_scores                                                             # [B*n], detached
     # 3. group-normalised advantages (Eq. 6)
     advantages = group_advantages(rewards, n)                                            # [B*n]
-    # 4. one D update on the Bradley-Terry loss (Eq. 3) -- not with --frozen-d
+    # 4. one D update on the Bradley-Terry loss (Eq. 3) -- not with --frozen-d; --d-steps k: k - 1 more
     m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)
+    for _ in range(cfg.d_steps - 1 if update_D else 0):
+        d_update(D, d_opt, *d_scores(D, batch, s_batch, cfg), cfg)  # (the log keeps the first update's metrics)
     # 5. one G update: GRPO with these advantages + k3 KL to the post-warmup G
     m |= g_update(G, ref, g_opt, s_batch, advantages, cfg)
     m |= reward_metrics(parallel.gather(rewards), n)  # over every process's rewards under torchrun

@@ -48,11 +48,38 @@ PROMPT_TEMPLATES = ["tell me about {t} .", "what do you think of {t} ?", "descri
                     "say something about {t} .", "what are {t} like ?", "give me your view on {t} .",
                     "talk about {t} .", "any thoughts on {t} ?"]
 PROMPT_OPENERS = ["", "please", "hey ,", "hello !", "quick question :", "i wonder ,"]  # x 8 templates
-TEACHER_MODES = {  # mode -> (probability, template); {a}, {b}, {c} are distinct category adjectives
-    "fact": (0.5, "{t} are {a} . people {v} them every day ."),
-    "opinion": (0.3, "i think {t} are {a} and {b} !"),
-    "list": (0.2, "three things about {t} : {a} , {b} , {c} ."),
+WORLDS = {  # world -> {mode: (probability, template)}; {a} ... {f} are distinct category adjectives
+    "default": {
+        "fact": (0.5, "{t} are {a} . people {v} them every day ."),
+        "opinion": (0.3, "i think {t} are {a} and {b} !"),
+        "list": (0.2, "three things about {t} : {a} , {b} , {c} ."),
+    },
+    # `--world long`: a fourth, 31-token mode whose constraints span the whole answer: five listed adjectives
+    # that must not repeat (each other or the opening one), and a closing line that repeats the opening one
+    "long": {
+        "fact": (0.3, "{t} are {a} . people {v} them every day ."),
+        "opinion": (0.2, "i think {t} are {a} and {b} !"),
+        "list": (0.1, "three things about {t} : {a} , {b} , {c} ."),
+        "long": (0.4, "{t} are {a} . five things about {t} : {b} , {c} , {d} , {e} , {f} . "
+                      "people {v} them every day . so {t} are {a} ."),
+    },
 }
+TEACHER_MODES = dict(WORLDS["default"])  # the active world's modes (`use`)
+ACTIVE = {"world": "default"}
+
+
+def use(name):
+    """Make `name` (a key of WORLDS) the active world: its teacher, pretraining corpus, tokenizer and judge."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r}: expected one of {sorted(WORLDS)}")
+    TEACHER_MODES.clear()
+    TEACHER_MODES.update(WORLDS[name])
+    ACTIVE["world"] = name
+
+
+def version():
+    """The active world's name in caches and checkpoints ("world-v1" for the default, as before variants)."""
+    return "world-v1" if ACTIVE["world"] == "default" else f"{ACTIVE['world']}-v1"
 # The starting student's pretraining mix: teacher-like answers are a minority (25%).
 PRETRAIN_STYLES = {"teacher": 0.25, "plain": 0.2, "wrong_category": 0.15, "ramble": 0.1,
                    "off_topic": 0.15, "refusal": 0.15}
@@ -71,9 +98,12 @@ def prompts(split):
     """The fixed prompt splits (the same for every seed):
     train: in-domain topics, 44 of their 48 prompts (opener x template); the teacher data
     test:  in-domain topics, the other 4 prompts (like the paper's held-out LMSYS prompts)
-    ood:   8 topics that never appear in teacher data, 8 prompts each (like Dolly / SelfInst / Vicuna)"""
-    if split not in ("train", "test", "ood"):
-        raise ValueError(f"unknown prompt split {split!r}: expected train, test or ood")
+    ood:   8 topics that never appear in teacher data, 8 prompts each (like Dolly / SelfInst / Vicuna)
+    val:   128 of the train prompts (a fixed sample): for choosing settings without ever looking at test"""
+    if split not in ("train", "test", "ood", "val"):
+        raise ValueError(f"unknown prompt split {split!r}: expected train, test, ood or val")
+    if split == "val":
+        return random.Random(2026).sample(prompts("train"), 128)
     if split == "ood":
         return [prompt_messages(t, i) for t in OOD_TOPICS for i in range(len(PROMPT_TEMPLATES))]
     out = []
@@ -95,7 +125,10 @@ def _teacher_answer(topic, rng, category=None):
     cat = category or TOPIC_CATEGORY[topic]
     _, adjs, verbs = CATEGORIES[cat]
     mode = rng.choices(list(TEACHER_MODES), weights=[p for p, _ in TEACHER_MODES.values()])[0]
-    a, b, c = rng.sample(adjs, 3)
+    if mode == "long":
+        a, b, c, d, e, f = rng.sample(adjs, 6)
+        return TEACHER_MODES[mode][1].format(t=topic, a=a, b=b, c=c, d=d, e=e, f=f, v=rng.choice(verbs))
+    a, b, c = rng.sample(adjs, 3)  # the default world draws exactly this, as before variants existed
     return TEACHER_MODES[mode][1].format(t=topic, a=a, b=b, c=c, v=rng.choice(verbs))
 
 
@@ -141,9 +174,19 @@ def _mode_patterns(topic):
     adj = "(" + "|".join(CATEGORIES[cat][1]) + ")"
     verb = "(?:" + "|".join(CATEGORIES[cat][2]) + ")"
     t = re.escape(topic)
-    return {"fact": re.compile(rf"^{t} are {adj} \. people {verb} them every day \.$"),
-            "opinion": re.compile(rf"^i think {t} are {adj} and {adj} !$"),
-            "list": re.compile(rf"^three things about {t} : {adj} , {adj} , {adj} \.$")}
+    patterns = {"fact": re.compile(rf"^{t} are {adj} \. people {verb} them every day \.$"),
+                "opinion": re.compile(rf"^i think {t} are {adj} and {adj} !$"),
+                "list": re.compile(rf"^three things about {t} : {adj} , {adj} , {adj} \.$"),
+                "long": re.compile(rf"^{t} are {adj} \. five things about {t} : {adj} , {adj} , {adj} , {adj} , "
+                                   rf"{adj} \. people {verb} them every day \. so {t} are {adj} \.$")}
+    return {mode: patterns[mode] for mode in TEACHER_MODES}
+
+
+def _constraints_hold(mode, adjectives):
+    """Distinct adjectives; in the long mode the last one repeats the first (the closing line)."""
+    if mode == "long":
+        return adjectives[-1] == adjectives[0] and len(set(adjectives[:-1])) == len(adjectives) - 1
+    return len(set(adjectives)) == len(adjectives)
 
 
 def judge(topic, response):
@@ -159,7 +202,7 @@ def judge(topic, response):
     mode = None
     for name, pattern in _mode_patterns(topic).items():
         m = pattern.match(response.strip())
-        if m and len(set(m.groups())) == len(m.groups()):
+        if m and _constraints_hold(name, m.groups()):
             mode = name
     return {"valid": mode is not None, "mode": mode, "relevant": mentioned == {topic}, "length": len(words)}
 

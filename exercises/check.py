@@ -321,7 +321,8 @@ class Recorder:
 
 
 def run_step(f, update_D=True):
-    cfg = types.SimpleNamespace(n_samples=4, batch_prompts=2, temperature=0.8, max_response_len=8, gen_batch_size=64)
+    cfg = types.SimpleNamespace(n_samples=4, batch_prompts=2, temperature=0.8, max_response_len=8, gen_batch_size=64,
+                                d_steps=1)
     rec = Recorder(update_D)
     blocks = rec.blocks(cfg)
     g = types.FunctionType(f.__code__, {**f.__globals__, **blocks}, f.__name__, f.__defaults__, f.__closure__)

@@ -192,6 +192,10 @@ def test_collection_killed_half_way_resumes_from_the_cache(tiny_dir, tmp_path):
     (["--kl-coef", "-1"], "--kl-coef must be >= 0"), (["--weight-decay", "-0.01"], "--weight-decay must be >= 0"),
     (["--frozen-d", "no/such/folder"], "--frozen-d: no/such/folder is not a model folder"),
     (["--batch-prompts", "3000000"], "--batch-prompts 3000000 is larger than the embedded world's 1408"),
+    (["--world", "nope"], "--world must be one of default, long, got 'nope'"),
+    (["--student-hidden", "30"], "--student-hidden must be a multiple of 4"),
+    (["--train-prompts", "8"], "--train-prompts 8 is smaller than --batch-prompts 16"),
+    (["--d-steps", "0"], "--d-steps must be >= 1, got 0"),
 ])
 def test_unchecked_flags_are_refused_in_one_line(flags, needle, capsys):
     with pytest.raises(SystemExit):
@@ -267,3 +271,26 @@ def test_eval_bad_test_data_is_one_line(tmp_path):
     p = subprocess.run([sys.executable, "eval.py", str(tmp_path), "--test-data", str(tmp_path / "t.parquet")],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "t.parquet: not a readable parquet file" in p.stderr.strip().splitlines()[-1]
+
+
+def test_d_steps_and_train_prompts(tiny_dir, tmp_path, monkeypatch):
+    """--d-steps k: k D updates per GAD step (warmup keeps one); --train-prompts N: the same N prompts for every seed."""
+    calls, sizes = [], []
+    real_update, real_data = train_gad.d_update, train_gad.Data
+
+    def counting(*a, **k):
+        calls.append(k.get("step", True))
+        return real_update(*a, **k)
+
+    def data(tok, prompts, texts, cfg, log):
+        sizes.append(sorted(json.dumps(p) for p in prompts))
+        return real_data(tok, prompts, texts, cfg, log)
+    monkeypatch.setattr(train_gad, "d_update", counting)
+    monkeypatch.setattr(train_gad, "Data", data)
+    for seed in (0, 1):
+        train_gad.main(["--student", tiny_dir, "--out-dir", str(tmp_path / f"run{seed}"), "--mode", "gad",
+                        "--seed", str(seed), "--batch-prompts", "4", "--n-samples", "2", "--warmup-steps", "2",
+                        "--d-only-steps", "1", "--gad-steps", "3", "--d-steps", "3", "--train-prompts", "40",
+                        "--max-response-len", "12", "--eval-models", "", "--save-every", "0"])
+    assert calls == ([True] * (2 + 3 * 3)) * 2               # warmup: 1 per step; GAD: 3 per step
+    assert len(sizes[0]) == 40 and sizes[0] == sizes[1]       # the same 40 prompts for both seeds

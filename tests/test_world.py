@@ -57,3 +57,32 @@ def test_support_size_is_what_the_teacher_actually_produces():
     answers = {world.teacher_respond(m, rng) for _ in range(30000)}
     assert all(world.judge(world.topic_of(m), a)["valid"] for a in answers)
     assert len(answers) == world.support_size() == 424
+
+
+def test_long_world_teacher_is_valid_and_its_constraints_are_judged():
+
+    try:
+        world.use("long")
+        tok = world.build_tokenizer()
+        rng, prompts = random.Random(0), world.prompts("train")[:200]
+        answers = [world.teacher_respond(p, rng) for p in prompts]
+        verdicts = [world.judge(world.topic_of(p), a) for p, a in zip(prompts, answers)]
+        assert all(v["valid"] for v in verdicts)
+        long = [a for a, v in zip(answers, verdicts) if v["mode"] == "long"]
+        assert len(long) > 40 and all(len(a.split()) == 30 for a in long)
+        assert all(len(tok(a)["input_ids"]) == 30 and tok.unk_token_id not in tok(a)["input_ids"] for a in long)
+        words = long[0].split()
+        topic, adjs = words[0], world.CATEGORIES[world.TOPIC_CATEGORY[words[0]]][1]
+        closing = words[:-2] + [next(a for a in adjs if a != words[-2])] + ["."]          # closing != opening
+        repeated = words[:9] + [words[11]] + words[10:]                                   # an item twice
+        assert not world.judge(topic, " ".join(closing))["valid"]
+        assert not world.judge(topic, " ".join(repeated))["valid"]
+    finally:
+        world.use("default")
+    assert not world.judge(topic, long[0])["valid"]           # the default world's teacher has no such mode
+    assert len(world.build_tokenizer()) == 135                # and its tokenizer is unchanged
+
+
+def test_val_split_is_a_fixed_sample_of_train():
+    val, train = world.prompts("val"), world.prompts("train")
+    assert len(val) == 128 and all(v in train for v in val) and val == world.prompts("val")

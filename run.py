@@ -15,6 +15,7 @@ import os
 import shutil
 
 import torch
+import yaml
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
@@ -34,12 +35,17 @@ STAGES = {"gad": {"warmup", "gad"}, "seqkd": {"seqkd"}}  # the metrics.jsonl sta
 # ---------------------------------------------------------------------------- flags
 def parse_args(config, argv=None, doc=None):
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="", help="a YAML or JSON file of flag values named as the flags (a run's "
+                    "config.json repeats that run); flags on the command line win")
     for name, (default, meaning) in config.items():
         if isinstance(default, bool):
             ap.add_argument("--" + name.replace("_", "-"), action="store_true", help=meaning)
         else:
             ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                             help=f"{meaning} (default: {default!r})")
+    path = ap.parse_known_args(argv)[0].config
+    if path:  # the file's values become the defaults, so the command line wins
+        ap.set_defaults(**read_config(path, config, ap.error))
     cfg = ap.parse_args(argv)
     if cfg.seqkd_steps == -1:
         cfg.seqkd_steps = cfg.warmup_steps + cfg.gad_steps
@@ -48,6 +54,33 @@ def parse_args(config, argv=None, doc=None):
     if cfg.init_from:
         cfg.warmup_steps = 0
     return cfg
+
+
+def read_config(path, config, error):
+    """{name: value} of a --config file (YAML or JSON), each name a flag of config and each value of its type."""
+    if not os.path.isfile(path):
+        error(f"--config {path}: file not found")
+    try:
+        with open(path) as f:
+            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
+        kind = "JSON" if path.endswith(".json") else "YAML"
+        error(f"--config {path}: not valid {kind} ({str(e).splitlines()[0][:120]})")
+    if not isinstance(values, dict):
+        error(f"--config {path}: expected a mapping of flag names to values")
+    out = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name == "config":  # a run's config.json names the file it was read from
+            continue
+        if name not in config:
+            error(f"--config {path}: unknown key {key!r} (not a flag of train_gad.py)")
+        kind = type(config[name][0])
+        exact = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not (exact or (kind is float and isinstance(value, int) and not isinstance(value, bool))):
+            error(f"--config {path}: key {key!r}: expected {kind.__name__}, got {value!r}")
+        out[name] = kind(value)
+    return out
 
 
 def check(cfg, error):
@@ -101,7 +134,7 @@ class Run:
         self.config_path = os.path.join(cfg.out_dir, "config.json")
         if cfg.resume and os.path.exists(self.config_path):  # a resumed run must be the same run
             old = json.load(open(self.config_path))
-            changed = [k for k, v in self.config.items() if k != "resume" and k in old and old[k] != v]
+            changed = [k for k, v in self.config.items() if k not in ("resume", "config") and k in old and old[k] != v]
             if changed:
                 raise SystemExit(f"train_gad.py: --resume with different flags than the run in {cfg.out_dir}: "
                                  + ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {self.config[k]!r}"
@@ -237,6 +270,8 @@ def starting_student(cfg, log):
 
 
 def student_folder(cfg, log):
+    """--student's folder; for the embedded world, out_dir/before/generator: the shipped student (the default
+    start), a copy shared by the runs of one parent folder, or pretrained now (another seed, size or world)."""
     if cfg.student != "embedded":
         if not os.path.isdir(cfg.student) and (cfg.student.startswith((".", "/")) or cfg.student.count("/") != 1):
             raise SystemExit(f"train_gad.py: --student: model folder not found: {cfg.student}")
@@ -262,7 +297,10 @@ def student_folder(cfg, log):
         return path
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    if ready(shared):
+    if ready(world.SHIPPED_STUDENT):  # the default start ships with the project (its sha256 is checked)
+        log(f"[world] the shipped starting student ({world.SHIPPED_STUDENT}, sha256 checked)")
+        shutil.copytree(world.shipped_student(), tmp)
+    elif ready(shared):
         log(f"[world] copying the pretrained starting student from {shared}")
         shutil.copytree(shared, tmp)
     else:

@@ -16,9 +16,14 @@ The student sees the teacher only as text (teacher.py wraps `teacher_respond` as
 Everything is word-level and lower-case with spaces around punctuation, so text <-> tokens
 round-trips exactly and the judge can parse responses.
 """
+import argparse
+import hashlib
 import itertools
+import json
+import os
 import random
 import re
+import shutil
 
 import torch
 from tokenizers import Tokenizer, decoders, pre_tokenizers
@@ -266,8 +271,68 @@ def build_student(out_dir, seed=0, steps=800, batch_size=64, lr=2e-3, hidden=128
     return out_dir
 
 
+# ---------------------------------------------------------------------------- the shipped starting student
+# The default run's starting student (pretrain seed 0, 800 steps, hidden 128, 3 layers, the default world) ships
+# with the project in embedded_student/, so a first run does not spend minutes pretraining it. recipe.json says
+# how it was made (student_recipe) and the sha256 of its weights, checked before every use.
+SHIPPED_STUDENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_student")
+
+
+def student_recipe(seed=0, steps=800, batch_size=64, lr=2e-3, hidden=128, layers=3):
+    """build_student's arguments and the sha256 of what it trains on (corpus, tokenizer): the recipe as data."""
+    corpus = json.dumps(pretrain_corpus(steps * batch_size, seed=seed + 1000), sort_keys=True)
+    return {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "hidden": hidden, "layers": layers,
+            "world": version(), "corpus_sha256": hashlib.sha256(corpus.encode()).hexdigest(),
+            "tokenizer_sha256": hashlib.sha256(build_tokenizer().backend_tokenizer.to_str().encode()).hexdigest()}
+
+
+def file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def shipped_student():
+    """The shipped folder, after checking its weights against recipe.json's sha256 (a one-line error if not)."""
+    weights, recipe = os.path.join(SHIPPED_STUDENT, "model.safetensors"), os.path.join(SHIPPED_STUDENT, "recipe.json")
+    if not (os.path.exists(weights) and os.path.exists(recipe)):
+        raise SystemExit(f"world.py: {SHIPPED_STUDENT} is incomplete (model.safetensors, recipe.json); restore it "
+                         "with git checkout, or rebuild it with python world.py --rebuild")
+    expected, got = json.load(open(recipe))["model_sha256"], file_sha256(weights)
+    if got != expected:
+        raise SystemExit(f"world.py: {weights}: sha256 {got[:16]}... is not recipe.json's {expected[:16]}... "
+                         "(a damaged or Git LFS pointer file?); restore it, or rebuild with python world.py --rebuild")
+    return SHIPPED_STUDENT
+
+
+def rebuild(out_dir=SHIPPED_STUDENT, steps=800, log=print):
+    """Pretrain the shipped student again (the recipe above) and write it, with its recipe.json, to out_dir."""
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_student(tmp, seed=0, steps=steps, log=log)
+    with open(os.path.join(tmp, "world.json"), "w") as f:  # the marker run.student_folder reads
+        json.dump({"seed": 0, "pretrain_steps": steps, "world": f"embedded:{version()}"}, f)
+    with open(os.path.join(tmp, "recipe.json"), "w") as f:
+        json.dump({"recipe": student_recipe(steps=steps),
+                   "model_sha256": file_sha256(os.path.join(tmp, "model.safetensors"))}, f, indent=2)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
 # Number of distinct valid teacher responses per topic (for the README's description of the world).
 def support_size():
     n = len(CATEGORIES["animal"][1])
     perms = lambda k: len(list(itertools.permutations(range(n), k)))
     return n * len(CATEGORIES["animal"][2]) + perms(2) + perms(3)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="The embedded world. --rebuild: pretrain the shipped starting student "
+                                             "(embedded_student/) again, as student_recipe() says (a few minutes).")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild embedded_student/ (or --out)")
+    ap.add_argument("--steps", type=int, default=800, help="pretraining steps (default 800, the shipped recipe)")
+    ap.add_argument("--out", default=SHIPPED_STUDENT, help="where to write it (default: embedded_student/)")
+    a = ap.parse_args()
+    if not a.rebuild:
+        ap.error("nothing to do: pass --rebuild")
+    print(f"[world] rebuilt {rebuild(a.out, a.steps)}")

@@ -36,3 +36,11 @@ def tiny_dir(tiny_lm, tok, tmp_path_factory):
     tiny_lm.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def default_world():
+    """Every test starts and ends in the default embedded world (parsing --world long switches it)."""
+    world.use("default")
+    yield
+    world.use("default")

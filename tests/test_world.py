@@ -1,5 +1,9 @@
 """The embedded world: splits, tokenizer, and the privileged judge."""
+import json
+import os
 import random
+
+import pytest
 
 import world
 
@@ -86,3 +90,41 @@ def test_long_world_teacher_is_valid_and_its_constraints_are_judged():
 def test_val_split_is_a_fixed_sample_of_train():
     val, train = world.prompts("val"), world.prompts("train")
     assert len(val) == 128 and all(v in train for v in val) and val == world.prompts("val")
+
+
+def test_the_default_run_starts_from_the_shipped_student_without_pretraining(tmp_path, monkeypatch):
+    import run
+    import train_gad
+    monkeypatch.setattr(world, "build_student", lambda *a, **k: (_ for _ in ()).throw(AssertionError("pretrained")))
+    lines = []
+    path = run.student_folder(train_gad.parse_args(["--out-dir", str(tmp_path / "run")]), lines.append)
+    assert "shipped starting student" in lines[0]
+    assert world.file_sha256(os.path.join(path, "model.safetensors")) == \
+        world.file_sha256(os.path.join(world.SHIPPED_STUDENT, "model.safetensors"))
+
+
+def test_a_damaged_shipped_student_is_refused_in_one_line(tmp_path, monkeypatch):
+    import shutil
+    copy = tmp_path / "embedded_student"
+    shutil.copytree(world.SHIPPED_STUDENT, copy)
+    with open(copy / "model.safetensors", "r+b") as f:
+        f.seek(4000)
+        f.write(b"\x00\x01\x02\x03")
+    monkeypatch.setattr(world, "SHIPPED_STUDENT", str(copy))
+    with pytest.raises(SystemExit, match=r"model.safetensors: sha256 .* is not recipe.json's"):
+        world.shipped_student()
+
+
+def test_the_shipped_student_follows_the_recipe_and_a_short_rebuild_does_too(tmp_path):
+    """recipe.json matches what build_student would do today (corpus, tokenizer, hyper-parameters), so the shipped
+    weights cannot silently drift from the code; a 20-step rebuild writes the same architecture, tokenizer and
+    recipe (bar the step count). Bit equality with the shipped weights is not asked: it depends on the CPU."""
+    shipped = json.load(open(os.path.join(world.SHIPPED_STUDENT, "recipe.json")))
+    assert shipped["recipe"] == world.student_recipe()
+    out = world.rebuild(str(tmp_path / "rebuilt"), steps=20, log=lambda *a: None)
+    rebuilt = json.load(open(os.path.join(out, "recipe.json")))
+    assert rebuilt["recipe"] == {**shipped["recipe"], "steps": 20, "corpus_sha256": world.student_recipe(steps=20)[
+        "corpus_sha256"]}
+    assert rebuilt["model_sha256"] == world.file_sha256(os.path.join(out, "model.safetensors"))
+    for name in ("config.json", "tokenizer.json", "chat_template.jinja"):
+        assert open(os.path.join(out, name)).read() == open(os.path.join(world.SHIPPED_STUDENT, name)).read(), name

@@ -10,9 +10,11 @@
 """
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
+import uuid
 
 import torch
 import yaml
@@ -87,6 +89,10 @@ def check(cfg, error):
     """Every flag value that cannot work gets one line here, before any data file, model or teacher is touched."""
     if cfg.mode not in PHASES:
         error(f"--mode must be all, gad or seqkd, got {cfg.mode!r}")
+    if cfg.report_to not in ("none", "tensorboard", "wandb"):
+        error(f"--report-to must be none, tensorboard or wandb, got {cfg.report_to!r}")
+    if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
+        error(f"--report-to {cfg.report_to}: the package is not installed (pip install -r requirements-tracking.txt)")
     if cfg.world not in world.WORLDS:
         error(f"--world must be one of {', '.join(world.WORLDS)}, got {cfg.world!r}")
     if cfg.student_hidden % 4:
@@ -164,7 +170,7 @@ class Run:
             checkpoint.reset_metrics(cfg.out_dir, set().union(*[STAGES[p] for p in phases]),
                                      resume["next_step"] if resume else 0)
         parallel.barrier()
-        self.phases = phases
+        self.phases, self.tracker = phases, Tracker(cfg, self.config) if main else None
         return [(p, resume if resume and resume["phase"] == p and resume["dir"] else None) for p in phases]
 
     def finish(self, phase):
@@ -172,6 +178,8 @@ class Run:
         i = self.phases.index(phase)
         if parallel.is_main():
             checkpoint.mark_phase_start(self.cfg.out_dir, self.phases[i + 1] if i + 1 < len(self.phases) else "done")
+            if i + 1 == len(self.phases):
+                self.tracker.close()
 
     def steps(self, start, total, desc):
         return tqdm(range(start, total), desc=desc, initial=start, total=total,
@@ -196,6 +204,7 @@ class Run:
                "seconds": round(seconds, 4)}
         with open(os.path.join(self.cfg.out_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
+        self.tracker.log(rec)
         if step % self.cfg.log_every == 0:
             keys = ["d_loss", "d_acc", "d_gap", "sft_loss", "reward_mean", "reward_group_std", "kl",
                     "entropy", "response_length"]
@@ -217,6 +226,42 @@ class Run:
             last = checkpoint.latest(self.cfg.out_dir)
             raise SystemExit(f"train_gad.py: stopped at {stage} step {step} after {self.bad} consecutive non-finite "
                              f"steps; last good resume point: {last['dir'] if last else 'none'}")
+
+
+class Tracker:
+    """--report-to: every metrics.jsonl record also goes to TensorBoard (out_dir/tensorboard/) or Weights & Biases
+    (project $WANDB_PROJECT, default "gad"; offline with WANDB_MODE=offline), with the run's config. Rank 0 only."""
+
+    def __init__(self, cfg, config):
+        self.kind, self.writer = cfg.report_to, None
+        if self.kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter  # optional extra: requirements-tracking.txt
+            self.writer = SummaryWriter(os.path.join(cfg.out_dir, "tensorboard"))
+            self.writer.add_text("config", "    " + json.dumps(config, indent=2).replace("\n", "\n    "))
+        elif self.kind == "wandb":
+            import wandb  # optional extra: requirements-tracking.txt
+            id_file = os.path.join(cfg.out_dir, "wandb_run_id.txt")  # a resumed run continues the same W&B run
+            run_id = open(id_file).read().strip() if os.path.exists(id_file) else uuid.uuid4().hex[:8]
+            with open(id_file, "w") as f:
+                f.write(run_id)
+            self.writer = wandb.init(project=os.environ.get("WANDB_PROJECT", "gad"), id=run_id, resume="allow",
+                                     name=os.path.basename(os.path.abspath(cfg.out_dir)), dir=cfg.out_dir,
+                                     config=config)
+
+    def log(self, rec):
+        values = {f"{rec['stage']}/{k}": v for k, v in rec.items()
+                  if k not in ("stage", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.kind == "tensorboard":
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, rec["step"])
+            self.writer.flush()
+        elif self.kind == "wandb":
+            self.writer.log({**values, f"{rec['stage']}/step": rec["step"]})
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close() if self.kind == "tensorboard" else self.writer.finish()
+            self.writer = None
 
 
 # ---------------------------------------------------------------------------- the players' checkpoints

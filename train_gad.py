@@ -89,6 +89,7 @@ RUN = {
     "eval_models": ("before,warmup,seqkd,gad", "embedded world: the checkpoints judged at the end ('' = none)"),
     "eval_temperature": (0.8, "sampling temperature at evaluation (0 = greedy)"),
     "log_every": (22, "print a log line every this many steps"),
+    "report_to": ("none", "also send every metrics.jsonl record to: none | tensorboard | wandb (optional extras)"),
     "sample_every": (88, "print one (prompt / student / teacher) triple every this many steps"),
     "no_d_warmup": (False, "ablation (paper Table 3): D is not trained in stage 1 (flag)"),
     "frozen_d": ("", "ablation (paper Fig. 6): a trained discriminator folder used as a fixed reward model"),

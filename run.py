@@ -89,6 +89,10 @@ def check(cfg, error):
     """Every flag value that cannot work gets one line here, before any data file, model or teacher is touched."""
     if cfg.mode not in PHASES:
         error(f"--mode must be all, gad or seqkd, got {cfg.mode!r}")
+    if cfg.teacher_batch and not cfg.teacher.startswith("openai:"):
+        error(f"--teacher-batch needs an openai:MODEL teacher (the Batch API), got --teacher {cfg.teacher}")
+    if cfg.teacher_batch_poll <= 0:
+        error(f"--teacher-batch-poll must be > 0, got {cfg.teacher_batch_poll}")
     if cfg.report_to not in ("none", "tensorboard", "wandb"):
         error(f"--report-to must be none, tensorboard or wandb, got {cfg.report_to!r}")
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:

@@ -9,6 +9,9 @@ training run talks to it through the real `openai` client exactly as to a hosted
 inject failures: a scripted list, or a random fraction of: 429 (with Retry-After), 500, a timeout (no answer
 for `hang` seconds), truncated JSON, an empty answer; and "quota" (429 insufficient_quota), "refuse",
 "length" (finish_reason "length").
+It also speaks the Batch API's files and batches endpoints (upload, create, retrieve, output content): a
+batch stays "in_progress" for `batch_polls` retrieves, then completes (or, with `batch_expire`, expires with
+only its first half answered), its answers made by the same respond.
 It only ever binds 127.0.0.1.
 """
 import argparse
@@ -28,6 +31,7 @@ class TeacherServer:
         self.rng, self.api_key = random.Random(seed), api_key
         self.requests, self.served, self.lock = [], 0, threading.Lock()
         self.injected = collections.Counter()  # failures injected so far, by kind
+        self.files, self.batches, self.batch_polls, self.batch_expire = {}, {}, 0, False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,8 +48,36 @@ class TeacherServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _send_bytes(self, data):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # the Batch API: a batch's state, a file's content
+                parts = self.path.rstrip("/").split("/")
+                with server.lock:
+                    server.requests.append({"path": self.path, "body": None, "auth": self.headers.get("Authorization")})
+                    if len(parts) >= 2 and parts[-2] == "batches" and parts[-1] in server.batches:
+                        return self._send(200, server.poll_batch(parts[-1]))
+                    if parts[-1] == "content" and parts[-2] in server.files:
+                        return self._send_bytes(server.files[parts[-2]])
+                return self._send(404, {"error": {"message": f"no route {self.path}"}})
+
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path.endswith("/files"):  # multipart upload of a batch input file
+                    with server.lock:
+                        server.requests.append({"path": self.path, "body": None,
+                                                "auth": self.headers.get("Authorization")})
+                        return self._send(200, server.add_file(_multipart_file(raw, self.headers["Content-Type"])))
+                body = json.loads(raw)
+                if self.path.endswith("/batches"):
+                    with server.lock:
+                        server.requests.append({"path": self.path, "body": body,
+                                                "auth": self.headers.get("Authorization")})
+                        return self._send(200, server.add_batch(body))
                 with server.lock:
                     server.requests.append({"path": self.path, "body": body,
                                             "auth": self.headers.get("Authorization")})
@@ -94,6 +126,47 @@ class TeacherServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
+    # ------------------------------------------------------------------------ the Batch API (under self.lock)
+    def add_file(self, data, purpose="batch"):
+        file_id = f"file-{len(self.files)}"
+        self.files[file_id] = data
+        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": 0, "filename": "input.jsonl",
+                "purpose": purpose, "status": "processed"}
+
+    def add_batch(self, body):
+        batch_id = f"batch_{len(self.batches)}"
+        lines = [json.loads(x) for x in self.files[body["input_file_id"]].decode().splitlines() if x.strip()]
+        self.batches[batch_id] = {"id": batch_id, "object": "batch", "endpoint": body["endpoint"], "errors": None,
+                                  "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
+                                  "status": "in_progress", "created_at": 0, "output_file_id": None,
+                                  "error_file_id": None, "polls": 0, "lines": lines,
+                                  "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+        return self.public(batch_id)
+
+    def public(self, batch_id):
+        return {k: v for k, v in self.batches[batch_id].items() if k not in ("polls", "lines")}
+
+    def poll_batch(self, batch_id):
+        """One retrieve: after batch_polls of them the batch answers (all, or half when it expires)."""
+        b = self.batches[batch_id]
+        b["polls"] += 1
+        if b["status"] == "in_progress" and b["polls"] > self.batch_polls:
+            todo = b["lines"][:len(b["lines"]) // 2] if self.batch_expire else b["lines"]
+            out = []
+            for req in todo:
+                texts = self.respond(req["body"]["messages"], req["body"].get("n", 1))
+                texts, finishes = texts if isinstance(texts, tuple) else (texts, ["stop"] * len(texts))
+                choices = [{"index": i, "finish_reason": {"refused": "content_filter"}.get(f, f),
+                            "message": {"role": "assistant", "content": t}}
+                           for i, (t, f) in enumerate(zip(texts, finishes))]
+                out.append(json.dumps({"id": f"req_{len(out)}", "custom_id": req["custom_id"], "error": None,
+                                       "response": {"status_code": 200, "request_id": "r", "body": {
+                                           "id": "x", "object": "chat.completion", "choices": choices}}}))
+            b["output_file_id"] = self.add_file(("\n".join(out) + "\n").encode(), "batch_output")["id"]
+            b["status"] = "expired" if self.batch_expire else "completed"
+            b["request_counts"]["completed"] = len(out)
+        return self.public(batch_id)
+
     def __enter__(self):
         self.thread.start()
         return self
@@ -101,6 +174,16 @@ class TeacherServer:
     def __exit__(self, *a):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _multipart_file(raw, content_type):
+    """The bytes of the `file` field of a multipart/form-data body."""
+    boundary = content_type.split("boundary=")[1].strip('"').encode()
+    for part in raw.split(b"--" + boundary):
+        head, _, data = part.partition(b"\r\n\r\n")
+        if b'name="file"' in head:
+            return data[:-2] if data.endswith(b"\r\n") else data
+    raise ValueError("no file field in the upload")
 
 
 if __name__ == "__main__":

@@ -211,9 +211,6 @@ def ngram_overlap(candidate, reference, n):
 def evaluate_real(run_dir, test_data, judge_spec=None, judge_base_url=None, temperature=0.0, max_new_tokens=512,
                   limit=0, concurrency=8, gen_batch_size=16, log=print):
     """Real models: answer the test prompts with every checkpoint of the run; judge and diagnose them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import data as DATA
     recs = load_records(test_data, log=log)
     recs = recs[:limit] if limit else recs
     questions = [r["messages"] for r in recs]

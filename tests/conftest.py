@@ -44,3 +44,25 @@ def default_world():
     world.use("default")
     yield
     world.use("default")
+
+
+def run_metrics(out):
+    """A run's metrics.jsonl records without the wall-clock seconds."""
+    import json
+    recs = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    for r in recs:
+        r.pop("seconds")
+    return recs
+
+
+def assert_same_run(a, b, models, atol=0.0):
+    """Two runs logged the same steps with the same metrics (1e-6) and saved the same weights (within atol)."""
+    from safetensors.torch import load_file
+    ma, mb = run_metrics(a), run_metrics(b)
+    assert [(r["stage"], r["step"]) for r in ma] == [(r["stage"], r["step"]) for r in mb]
+    for ra, rb in zip(ma, mb):
+        for k, v in ra.items():
+            assert rb[k] == pytest.approx(v, abs=1e-6), (ra["stage"], ra["step"], k)
+    for model in models:
+        wa, wb = (load_file(os.path.join(x, model, "model.safetensors")) for x in (a, b))
+        assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=atol) for k in wa), model

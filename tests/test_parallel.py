@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import checkpoint
 import parallel
+from conftest import assert_same_run, run_metrics
 from data import Batch, pack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,13 +73,6 @@ RUN = ["--batch-prompts", "4", "--n-samples", "2", "--warmup-steps", "3", "--d-o
        "--eval-models", ""]
 
 
-def metrics(out):
-    recs = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    for r in recs:
-        r.pop("seconds")
-    return recs
-
-
 def test_torchrun_trains_end_to_end_and_resumes_after_sigkill(tiny_dir, tmp_path):
     a, b = str(tmp_path / "straight"), str(tmp_path / "killed")
     base = TORCHRUN + ["train_gad.py", "--student", tiny_dir, *RUN]
@@ -89,7 +83,7 @@ def test_torchrun_trains_end_to_end_and_resumes_after_sigkill(tiny_dir, tmp_path
         assert os.path.exists(os.path.join(a, folder, "model.safetensors")), folder
     assert os.path.exists(os.path.join(a, "gad", "discriminator", "discriminator_head.pt"))
     assert json.load(open(os.path.join(a, "config.json")))["batch_prompts"] == 4
-    recs = metrics(a)
+    recs = run_metrics(a)
     assert [r["step"] for r in recs if r["stage"] in ("warmup", "gad")] == list(range(11))  # one line per step
     assert p.stdout.count("[teacher] 1408 prompts") == 1  # rank 0 logs (and asks the teacher); the other reads
 
@@ -111,14 +105,7 @@ def test_torchrun_trains_end_to_end_and_resumes_after_sigkill(tiny_dir, tmp_path
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[resume] continuing at gad step 8" in out.stdout + out.stderr
-    ma, mb = metrics(a), metrics(b)
-    assert [(r["stage"], r["step"]) for r in ma] == [(r["stage"], r["step"]) for r in mb]
-    for ra, rb in zip(ma, mb):
-        for k, v in ra.items():
-            assert rb[k] == pytest.approx(v, abs=1e-6), (ra["stage"], ra["step"], k)
-    for model in ("gad/generator", "gad/discriminator", "seqkd/generator"):
-        wa, wb = (load_file(os.path.join(x, model, "model.safetensors")) for x in (a, b))
-        assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa), model
+    assert_same_run(a, b, ("gad/generator", "gad/discriminator", "seqkd/generator"), atol=1e-6)
 
 
 def descendants(pid):

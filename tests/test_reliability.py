@@ -7,13 +7,12 @@ import sys
 import time
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 import generator as G
 import teacher as T
 import train_gad
 import world
+from conftest import assert_same_run
 from serve import TeacherServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,14 +52,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_dir, tmp_path):
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "[resume] continuing at gad step 12" in out.stdout + out.stderr
-    ma, mb = metrics(a), metrics(b)
-    assert [(r["stage"], r["step"]) for r in ma] == [(r["stage"], r["step"]) for r in mb]
-    for ra, rb in zip(ma, mb):
-        for k, v in ra.items():
-            assert rb[k] == pytest.approx(v, abs=1e-6), (ra["stage"], ra["step"], k)
-    for model in ("gad/generator", "gad/discriminator", "seqkd/generator"):
-        wa, wb = load_file(os.path.join(a, model, "model.safetensors")), load_file(os.path.join(b, model, "model.safetensors"))
-        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), model
+    assert_same_run(a, b, ("gad/generator", "gad/discriminator", "seqkd/generator"))   # bit for bit
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(tiny_dir, tmp_path, monkeypatch):

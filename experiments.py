@@ -289,6 +289,7 @@ def study_numbers(runs):
                   "tuned_seqkd": [t[m] for t in tuned],
                   "vs_seqkd": beats(gad, seqkd), "vs_tuned_seqkd": beats(gad, [t[m] for t in tuned])}
         out[m]["gad_beats_both"] = out[m]["vs_seqkd"][2] and out[m]["vs_tuned_seqkd"][2]
+        out[m]["vs_warmup"] = beats(gad, out[m]["warmup"])  # the GAD stage's own gain (reported, not the rule)
     gad_steps = [stage_records(r["run"], "gad") for r in runs]
     out["health"] = {"d_acc": [statistics.mean(x["d_acc"] for x in g) for g in gad_steps],
                      "reward_group_std": [statistics.median(x["reward_group_std"] for x in g) for g in gad_steps],
@@ -330,34 +331,46 @@ def study_markdown(result):
 
     def d(vs):
         return f"{vs[0]:+.3f} ({'>' if vs[2] else '<='} {vs[1]:.3f})"
-    md = ["| setting | GAD | warmup | SeqKD | tuned SeqKD (T) | GAD - SeqKD (2 pooled sd) | GAD - tuned (2 pooled sd) | "
-          "ood: GAD / SeqKD / tuned | ood: GAD - SeqKD | ood: GAD - tuned | D acc | reward group std | KL | verdict |",
-          "|---" * 14 + "|"]
+    md = []
+    for m in STUDY_METRICS:
+        md += [f"**{m}** (GAD and SeqKD sampled at T = 0.8; margins: mean difference, > or <= 2 pooled seed std)", "",
+               "| setting | seeds | GAD | its warmup | SeqKD | tuned SeqKD (T) | GAD - warmup | GAD - SeqKD | "
+               "GAD - tuned |", "|---" * 9 + "|"]
+        for name, r in result["settings"].items():
+            for part, seeds in (("search", result["search_seeds"]), ("held_out", result["held_out_seeds"])):
+                if r[part] is None:
+                    continue
+                s = r[part][m]
+                md.append(f"| {name} | {', '.join(map(str, seeds))} | {f(s['gad'])} | {f(s['warmup'])} | "
+                          f"{f(s['seqkd'])} | {f(s['tuned_seqkd'])} ({', '.join(map(str, r[part]['tuned_temperature']))})"
+                          f" | {d(s['vs_warmup'])} | {d(s['vs_seqkd'])} | {d(s['vs_tuned_seqkd'])} |")
+        md.append("")
+    md += ["**D's health and the students' answers** (search seeds; means over GAD steps, then seeds)", "",
+           "| setting | what changes | D pair accuracy | reward group std | KL to warmup | modes GAD / SeqKD | "
+           "length GAD / SeqKD | verdict |", "|---" * 8 + "|"]
     for name, r in result["settings"].items():
-        s, o, h = r["search"]["fidelity"], r["search"]["ood_fidelity"], r["search"]["health"]
-        md.append(f"| {name} | {f(s['gad'])} | {f(s['warmup'])} | {f(s['seqkd'])} | {f(s['tuned_seqkd'])} "
-                  f"({', '.join(str(t) for t in r['search']['tuned_temperature'])}) | {d(s['vs_seqkd'])} | "
-                  f"{d(s['vs_tuned_seqkd'])} | {f(o['gad'])} / {f(o['seqkd'])} / {f(o['tuned_seqkd'])} | "
-                  f"{d(o['vs_seqkd'])} | {d(o['vs_tuned_seqkd'])} | {f(h['d_acc'])} | {f(h['reward_group_std'])} | "
-                  f"{statistics.mean(h['kl']):.4f} | {r['verdict']} |")
-    md.append(f"\nMeans over search seeds {result['search_seeds']}; held-out seeds {result['held_out_seeds']} run only "
-              "for candidates. Margins: mean difference (threshold: 2 x pooled sample std over seeds).")
+        h = r["search"]["health"]
+        md.append(f"| {name} | {r['what']} | {f(h['d_acc'])} | {f(h['reward_group_std'])} | "
+                  f"{statistics.mean(h['kl']):.4f} | {f(h['modes']['gad'])} / {f(h['modes']['seqkd'])} | "
+                  f"{f(h['length']['gad'])} / {f(h['length']['seqkd'])} | {r['verdict']} |")
+    md.append(f"\nSearch seeds {result['search_seeds']}; held-out seeds {result['held_out_seeds']}, run only for "
+              "candidates. Rule: " + result["rule"] + ".")
     return "\n".join(md)
 
 
 def study_plot(result):
     def plot(plt):
         fig, names = plt.gcf(), list(result["settings"])
-        fig.set_size_inches(10, 3.6)
+        fig.set_size_inches(10, 3.8)
         for i, m in enumerate(STUDY_METRICS):
             ax = fig.add_subplot(1, 2, i + 1)
-            for j, (rival, color) in enumerate((("vs_seqkd", "C0"), ("vs_tuned_seqkd", "C1"))):
+            for j, (rival, color) in enumerate((("vs_warmup", "C2"), ("vs_seqkd", "C0"), ("vs_tuned_seqkd", "C1"))):
                 vals = [result["settings"][n]["search"][m][rival] for n in names]
-                ax.barh([k + 0.4 * j for k in range(len(names))], [v[0] for v in vals], 0.4,
+                ax.barh([k + 0.27 * j for k in range(len(names))], [v[0] for v in vals], 0.27,
                         xerr=[v[1] for v in vals], color=color, capsize=2, label="GAD - " + rival[3:])
             ax.axvline(0, color="k", lw=0.8)
-            ax.set_yticks([k + 0.2 for k in range(len(names))], names if i == 0 else [], fontsize=7)
-            ax.set_title(f"{m}: margin (bar: 2 pooled seed std)", fontsize=8)
+            ax.set_yticks([k + 0.27 for k in range(len(names))], names if i == 0 else [], fontsize=7)
+            ax.set_title(f"{m}: GAD's margin, search seeds (bar: 2 pooled seed std)", fontsize=8)
         ax.legend(fontsize=7)
     return plot
 

@@ -25,6 +25,8 @@ How it fits in 30 minutes on 2 cores:
   bt_vs_bce          Bradley-Terry vs binary cross-entropy discriminator (paper Table 4)
   frozen_d           a discriminator trained once against SeqKD, then frozen, vs co-evolving D (paper Fig. 6)
   mode_seeking       gad_toy.py: a 10-class teacher with 3 modes fit by a discretised Gaussian, MLE vs GAD (Fig. 5)
+  where_gad_helps    not in `all`: the pre-registered study of where the adversarial stage helps (8 settings at the
+                     default n = 8, search and held-out seeds; 45 min on 2 cores; docs/where_gad_helps.md)
 """
 import argparse
 import json

@@ -10,7 +10,9 @@ How the loop stays the same (each point is one function below):
                  nothing: every rank has the same number of pairs)
   shard          each decoder layer is one FSDP unit, the whole model the root (HF's `_no_split_modules` names
                  the layer classes); G and D are separate FSDP roots, so each backward reduces only its own model's
-                 gradients (the GAN-under-DDP trap of one reducer serving two models cannot happen)
+                 gradients (the GAN-under-DDP trap of one reducer serving two models cannot happen);
+                 generator.token_logprobs, which calls the backbone and LM head itself, runs inside the root's
+                 FSDP hooks through `run_sharded`
   gathered       sampling gathers the weights once per `generate` call, not once per generated token
   mean_metrics   the logged metrics are means over ranks (every rank has the same number of rows)
   main_first     rank 0 pretrains the embedded student and asks the teacher; the others then read its cache

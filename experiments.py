@@ -25,13 +25,12 @@ How it fits in 30 minutes on 2 cores:
   bt_vs_bce          Bradley-Terry vs binary cross-entropy discriminator (paper Table 4)
   frozen_d           a discriminator trained once against SeqKD, then frozen, vs co-evolving D (paper Fig. 6)
   mode_seeking       gad_toy.py: a 10-class teacher with 3 modes fit by a discretised Gaussian, MLE vs GAD (Fig. 5)
-  where_gad_helps    not in `all`: the pre-registered study of where the adversarial stage helps (8 settings at the
-                     default n = 8, search and held-out seeds; 45 min on 2 cores; docs/where_gad_helps.md)
+  where_gad_helps    not in `all`: the pre-registered study of where the adversarial stage helps (study.py: 8
+                     settings at the default n = 8, search and held-out seeds; 45 min on 2 cores)
 """
 import argparse
 import json
 import os
-import statistics
 import time
 
 import torch
@@ -39,12 +38,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import gad_toy
 import jobs
-import run as run_module
-import train_gad
+import study
 import world
 from checkpoint import write_json
 from eval import judge_responses, student_responses
-from report import curves, evals, mean_std, stage_records, table
+from report import curves, evals, mean_std, table
 
 OUT = os.path.join("runs", "experiments")
 SUITE = ["--n-samples", "4"]  # every run of the suite: GRPO groups of 4 (default 8) to fit 30 minutes on 2 cores
@@ -204,177 +202,16 @@ def mode_seeking(runs, seeds, tiny):
     return result, gad_toy.markdown(result), lambda plt: gad_toy.plot(result, plt)
 
 
-# ---------------------------------------------------------------------------- where does the adversarial stage help?
-# A pre-registered study (fixed before any of its runs existed; nothing below is tuned on its results):
-#   - every setting changes one thing from the default run (n = 8 samples, not the suite's 4), in the direction that
-#     gives the adversary more room; search seeds 0 1 2, held-out seeds 3 4 5 (run only after the search);
-#   - per seed: the GAD student (T = 0.8), its own warmup checkpoint, SeqKD with the same G steps (T = 0.8) and
-#     temperature-tuned SeqKD: SeqKD sampled at the temperature of VAL_TEMPERATURES with the best fidelity on
-#     world.prompts("val") (128 training prompts; ties: the lower temperature), then judged on test and ood;
-#   - GAD "beats" a rival on a metric (test fidelity or ood fidelity) when mean(GAD) - mean(rival) > 2 x the pooled
-#     seed std, sqrt((s_GAD^2 + s_rival^2) / 2), s the sample std over seeds (ddof 1);
-#   - a setting is a candidate when GAD beats both SeqKD and tuned SeqKD on one metric on the search seeds, and
-#     "helps" only when it does so again, on the same metric, on the held-out seeds.
-VAL_TEMPERATURES = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]
-STUDY_METRICS = ["fidelity", "ood_fidelity"]
-STUDY = {  # setting: (what changes from the default, its flags, whether it trains its own SeqKD baseline)
-    "default": ("nothing (the default run)", [], True),
-    "a1_d_steps_4": ("a stronger D: 4 D updates per G step", ["--d-steps", "4"], False),
-    "a2_lr_d_x3": ("a stronger D: D's learning rate x 3 (3e-3)", ["--lr-d", "3e-3"], False),
-    "b_weak_warmup": ("a weaker warmup: 22 SFT steps instead of 78 (D still warms up for 88); SeqKD 22 + 176 steps",
-                      ["--d-only-steps", "66", "--seqkd-steps", "198"], True),
-    "c_small_student": ("a student SFT cannot fit: hidden 64, 2 layers, pretrained the same way",
-                        ["--student-hidden", "64", "--student-layers", "2"], True),
-    "d_long_answers": ("longer answers: --world long (a 31-token mode, no repeated item, closing = opening)",
-                       ["--world", "long"], True),
-    "e_scarce_data": ("scarce teacher data: 352 training prompts instead of 1,408", ["--train-prompts", "352"], True),
-    "f_bold_g": ("a bolder G step: GAD learning rate x 3 (9e-5) with the KL weight x 10 (0.01)",
-                 ["--lr-gad", "9e-5", "--kl-coef", "0.01"], False),
-}
-NEEDS_START = {"c_small_student", "d_long_answers"}  # their own pretrained starting student
-WORKERS = [2]
-
-
-def study_run(setting, seed, tiny):
-    """Declare a setting's run for one seed (GAD + its SeqKD, or GAD alone) and the tuning of its SeqKD."""
-    _, flags, own_seqkd = STUDY[setting]
-    folder = os.path.join(OUT, "runs", f"study_{setting}")
-    out, start = os.path.join(folder, f"seed{seed}"), os.path.join(folder, "start.json")
-    mode = [] if own_seqkd else ["--mode", "gad", "--eval-models", "before,warmup,gad"]
-    if setting in NEEDS_START:  # pretrained once per setting, before its seeds (they share it)
-        jobs.declare(start, "call", ["experiments.pretrain_start", os.path.join(folder, "start"), flags, tiny])
-    run_dir = jobs.declare(out, "train", ["--seed", str(seed), "--out-dir", out, *(TINY if tiny else []), *flags, *mode],
-                           after=[start] if setting in NEEDS_START else [])
-    seqkd_dir = run_dir if own_seqkd else study_run("default", seed, tiny)["run"]
-    tuned = jobs.declare(os.path.join(seqkd_dir, "tuned_seqkd.json"), "call",
-                         ["experiments.tuned_seqkd", seqkd_dir, seed, tiny])
-    return {"run": run_dir, "seqkd": seqkd_dir, "tuned": tuned}
-
-
-def pretrain_start(folder, flags, tiny):
-    cfg = train_gad.parse_args(["--out-dir", folder, *(TINY if tiny else []), *flags])
-    return {"student": run_module.student_folder(cfg, print)}
-
-
-def tuned_seqkd(run_dir, seed, tiny):
-    """SeqKD at its best validation temperature: fidelity on world.prompts("val") at each of VAL_TEMPERATURES, then
-    test and ood at the best one (as eval.py judges: 4 samples per prompt, seeded alike)."""
-    world.use(json.load(open(os.path.join(run_dir, "config.json")))["world"])
-    path, samples = os.path.join(run_dir, "seqkd", "generator"), 1 if tiny else 4
-    tok, gen = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
-
-    def judged(prompts, t):
-        torch.manual_seed(seed)
-        return judge_responses(prompts, student_responses(gen, tok, prompts, samples, t, 40)[0], samples)
-    val = {str(t): judged(world.prompts("val"), t)["fidelity"] for t in VAL_TEMPERATURES}
-    best = max(VAL_TEMPERATURES, key=lambda t: (val[str(t)], -t))
-    test, ood = judged(world.prompts("test"), best), judged(world.prompts("ood"), best)
-    return {"val_fidelity": val, "temperature": best, "fidelity": test["fidelity"], "modes": test["modes"],
-            "length": test["length"], "ood_fidelity": ood["fidelity"]}
-
-
-def beats(gad, rival):
-    """The pre-registered test: (GAD's margin over the rival, 2 x pooled seed std, margin > 2 x pooled std)."""
-    sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-    margin, pooled = statistics.mean(gad) - statistics.mean(rival), ((sd(gad) ** 2 + sd(rival) ** 2) / 2) ** 0.5
-    return margin, 2 * pooled, margin > 2 * pooled
-
-
-def study_numbers(runs):
-    """Per metric: GAD, its warmup, SeqKD and tuned SeqKD over seeds; the tests; D's health and the modes."""
-    ev = {k: evals([r[k] for r in runs]) for k in ("run", "seqkd")}
-    tuned = [json.load(open(r["tuned"])) for r in runs]
-    out = {"runs": [r["run"] for r in runs], "tuned_temperature": [t["temperature"] for t in tuned]}
-    for m in STUDY_METRICS:
-        gad, seqkd = [e["gad"][m] for e in ev["run"]], [e["seqkd"][m] for e in ev["seqkd"]]
-        out[m] = {"gad": gad, "warmup": [e["warmup"][m] for e in ev["run"]], "seqkd": seqkd,
-                  "tuned_seqkd": [t[m] for t in tuned],
-                  "vs_seqkd": beats(gad, seqkd), "vs_tuned_seqkd": beats(gad, [t[m] for t in tuned])}
-        out[m]["gad_beats_both"] = out[m]["vs_seqkd"][2] and out[m]["vs_tuned_seqkd"][2]
-        out[m]["vs_warmup"] = beats(gad, out[m]["warmup"])  # the GAD stage's own gain (reported, not the rule)
-    gad_steps = [stage_records(r["run"], "gad") for r in runs]
-    out["health"] = {"d_acc": [statistics.mean(x["d_acc"] for x in g) for g in gad_steps],
-                     "reward_group_std": [statistics.median(x["reward_group_std"] for x in g) for g in gad_steps],
-                     "kl": [statistics.mean(x["kl"] for x in g) for g in gad_steps],
-                     "modes": {k: [e[k]["modes"] for e in ev[src]] for k, src in (("gad", "run"), ("seqkd", "seqkd"))},
-                     "length": {k: [e[k]["length"] for e in ev[src]] for k, src in (("gad", "run"), ("seqkd", "seqkd"))}}
-    return out
-
-
-def where_gad_helps_runs(seeds, tiny):
-    return {name: [study_run(name, s, tiny) for s in seeds] for name in STUDY}
+def where_gad_helps_runs(seeds, tiny):  # the pre-registered study lives in study.py
+    return study.declare(OUT, seeds, TINY if tiny else [])
 
 
 def where_gad_helps(runs, seeds, tiny):
-    held_out = [max(seeds) + 1 + i for i in range(len(seeds))]
-    result = {"rule": "GAD beats SeqKD and temperature-tuned SeqKD by more than 2 x the pooled seed std on test or ood "
-                      "fidelity on the search seeds, and again on the same metric on held-out seeds",
-              "search_seeds": seeds, "held_out_seeds": held_out, "settings": {}}
-    for name, (what, flags, _) in STUDY.items():
-        search = study_numbers(runs[name])
-        result["settings"][name] = {"what": what, "flags": flags, "search": search, "held_out": None,
-                                    "candidate_on": [m for m in STUDY_METRICS if search[m]["gad_beats_both"]]}
-    candidates = [n for n, r in result["settings"].items() if r["candidate_on"]]
-    if candidates:  # only now, after the search: the held-out seeds of the candidates
-        later = {n: [study_run(n, s, tiny) for s in held_out] for n in candidates}
-        jobs.train_all(WORKERS[0], start_folder(tiny), TINY if tiny else [], print)
-        for n in candidates:
-            result["settings"][n]["held_out"] = study_numbers(later[n])
-    for r in result["settings"].values():
-        confirmed = [m for m in r["candidate_on"] if r["held_out"] and r["held_out"][m]["gad_beats_both"]]
-        r["verdict"] = ("helps (" + ", ".join(confirmed) + ")" if confirmed else
-                        "candidate, not confirmed on held-out seeds" if r["candidate_on"] else "does not help")
-    return result, study_markdown(result), study_plot(result)
+    return study.analyse(runs, seeds, OUT, TINY if tiny else [],
+                         lambda: jobs.train_all(WORKERS[0], start_folder(tiny), TINY if tiny else [], print))
 
 
-def study_markdown(result):
-    def f(v):
-        return f"{statistics.mean(v):.3f}"
-
-    def d(vs):
-        return f"{vs[0]:+.3f} ({'>' if vs[2] else '<='} {vs[1]:.3f})"
-    md = []
-    for m in STUDY_METRICS:
-        md += [f"**{m}** (GAD and SeqKD sampled at T = 0.8; margins: mean difference, > or <= 2 pooled seed std)", "",
-               "| setting | seeds | GAD | its warmup | SeqKD | tuned SeqKD (T) | GAD - warmup | GAD - SeqKD | "
-               "GAD - tuned |", "|---" * 9 + "|"]
-        for name, r in result["settings"].items():
-            for part, seeds in (("search", result["search_seeds"]), ("held_out", result["held_out_seeds"])):
-                if r[part] is None:
-                    continue
-                s = r[part][m]
-                md.append(f"| {name} | {', '.join(map(str, seeds))} | {f(s['gad'])} | {f(s['warmup'])} | "
-                          f"{f(s['seqkd'])} | {f(s['tuned_seqkd'])} ({', '.join(map(str, r[part]['tuned_temperature']))})"
-                          f" | {d(s['vs_warmup'])} | {d(s['vs_seqkd'])} | {d(s['vs_tuned_seqkd'])} |")
-        md.append("")
-    md += ["**D's health and the students' answers** (search seeds; means over GAD steps, then seeds)", "",
-           "| setting | what changes | D pair accuracy | reward group std | KL to warmup | modes GAD / SeqKD | "
-           "length GAD / SeqKD | verdict |", "|---" * 8 + "|"]
-    for name, r in result["settings"].items():
-        h = r["search"]["health"]
-        md.append(f"| {name} | {r['what']} | {f(h['d_acc'])} | {f(h['reward_group_std'])} | "
-                  f"{statistics.mean(h['kl']):.4f} | {f(h['modes']['gad'])} / {f(h['modes']['seqkd'])} | "
-                  f"{f(h['length']['gad'])} / {f(h['length']['seqkd'])} | {r['verdict']} |")
-    md.append(f"\nSearch seeds {result['search_seeds']}; held-out seeds {result['held_out_seeds']}, run only for "
-              "candidates. Rule: " + result["rule"] + ".")
-    return "\n".join(md)
-
-
-def study_plot(result):
-    def plot(plt):
-        fig, names = plt.gcf(), list(result["settings"])
-        fig.set_size_inches(10, 3.8)
-        for i, m in enumerate(STUDY_METRICS):
-            ax = fig.add_subplot(1, 2, i + 1)
-            for j, (rival, color) in enumerate((("vs_warmup", "C2"), ("vs_seqkd", "C0"), ("vs_tuned_seqkd", "C1"))):
-                vals = [result["settings"][n]["search"][m][rival] for n in names]
-                ax.barh([k + 0.27 * j for k in range(len(names))], [v[0] for v in vals], 0.27,
-                        xerr=[v[1] for v in vals], color=color, capsize=2, label="GAD - " + rival[3:])
-            ax.axvline(0, color="k", lw=0.8)
-            ax.set_yticks([k + 0.27 for k in range(len(names))], names if i == 0 else [], fontsize=7)
-            ax.set_title(f"{m}: GAD's margin, search seeds (bar: 2 pooled seed std)", fontsize=8)
-        ax.legend(fontsize=7)
-    return plot
+WORKERS = [2]  # main sets it from --workers (the study trains its held-out seeds itself)
 
 
 def bar_plot(data, metrics=("fidelity",)):

@@ -88,7 +88,7 @@ def test_declared_runs_and_their_dependencies(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- where_gad_helps (the pre-registered study)
 def test_beats_is_the_preregistered_two_pooled_std_rule():
-    import experiments as X
+    import study as X
     margin, threshold, ok = X.beats([0.90, 0.92, 0.94], [0.80, 0.82, 0.84])
     assert abs(margin - 0.10) < 1e-12 and abs(threshold - 0.04) < 1e-12 and ok      # sd 0.02 each: 2 x 0.02
     assert not X.beats([0.90, 0.92, 0.94], [0.87, 0.89, 0.91])[2]                     # +0.03 <= 0.04
@@ -99,7 +99,7 @@ def test_beats_is_the_preregistered_two_pooled_std_rule():
 
 def test_held_out_seeds_run_only_for_candidates(monkeypatch):
     """The search decides which settings get held-out seeds; a candidate that fails there is not confirmed."""
-    import experiments as X
+    import study as X
     declared, trained = [], []
 
     def numbers(runs):  # b passes on its search seeds and fails on held-out ones; d passes both; the rest fail
@@ -107,12 +107,11 @@ def test_held_out_seeds_run_only_for_candidates(monkeypatch):
         good = name == "d_long_answers" or (name == "b_weak_warmup" and seeds == [0, 1, 2])
         return {m: {"gad_beats_both": good and m == "ood_fidelity"} for m in X.STUDY_METRICS}
     monkeypatch.setattr(X, "study_numbers", numbers)
-    monkeypatch.setattr(X, "study_run", lambda name, seed, tiny: declared.append((name, seed)) or
+    monkeypatch.setattr(X, "study_run", lambda root, name, seed, tiny_flags: declared.append((name, seed)) or
                         {"run": name, "seed": seed})
-    monkeypatch.setattr(X.jobs, "train_all", lambda *a: trained.append(list(declared)))
     monkeypatch.setattr(X, "study_markdown", lambda r: "")
     runs = {n: [{"run": n, "seed": s} for s in (0, 1, 2)] for n in X.STUDY}
-    result, _, _ = X.where_gad_helps(runs, [0, 1, 2], False)
+    result, _, _ = X.analyse(runs, [0, 1, 2], "out", [], lambda: trained.append(list(declared)))
     assert sorted(declared) == sorted((n, s) for n in ("b_weak_warmup", "d_long_answers") for s in (3, 4, 5))
     assert len(trained) == 1 and trained[0] == declared                     # trained once, after the search
     verdicts = {n: r["verdict"] for n, r in result["settings"].items()}
@@ -125,7 +124,8 @@ def test_where_gad_helps_tiny_with_its_own_students(tmp_path, monkeypatch):
     """Three settings of the study, end to end in a tiny configuration: the default, a smaller student and the
     long-answer world (each pretrains its own starting student once); tuned SeqKD picks from the validation split."""
     import experiments as X
-    monkeypatch.setattr(X, "STUDY", {k: X.STUDY[k] for k in ("default", "c_small_student", "d_long_answers")})
+    import study
+    monkeypatch.setattr(study, "STUDY", {k: study.STUDY[k] for k in ("default", "c_small_student", "d_long_answers")})
     monkeypatch.setattr(X.jobs, "JOBS", {})
     out = str(tmp_path / "exp")
     X.main(["where_gad_helps", "--tiny", "--seeds", "0", "--workers", "2", "--out", out])
@@ -133,7 +133,7 @@ def test_where_gad_helps_tiny_with_its_own_students(tmp_path, monkeypatch):
     assert set(res["settings"]) == {"default", "c_small_student", "d_long_answers"} and res["search_seeds"] == [0]
     for name, r in res["settings"].items():
         s = r["search"]
-        assert s["tuned_temperature"][0] in X.VAL_TEMPERATURES and len(s["fidelity"]["gad"]) == 1
+        assert s["tuned_temperature"][0] in study.VAL_TEMPERATURES and len(s["fidelity"]["gad"]) == 1
         assert r["verdict"] in ("does not help", "candidate, not confirmed on held-out seeds") or \
             r["verdict"].startswith("helps")
         assert (r["held_out"] is not None) == bool(r["candidate_on"])
@@ -145,4 +145,4 @@ def test_where_gad_helps_tiny_with_its_own_students(tmp_path, monkeypatch):
     ev = json.load(open(os.path.join(long_run, "eval.json")))
     assert ev["teacher"]["fidelity"] == 1.0 and ev["teacher"]["length"] > 15   # judged by the long world's rules
     tuned = json.load(open(os.path.join(long_run, "tuned_seqkd.json")))
-    assert set(tuned["val_fidelity"]) == {str(t) for t in X.VAL_TEMPERATURES}
+    assert set(tuned["val_fidelity"]) == {str(t) for t in study.VAL_TEMPERATURES}

@@ -18,7 +18,6 @@ backward and step, without the reference). Random models never emit EOS: their s
 Peak memory is the process's peak RSS on CPU (model loading included), or torch's peak allocation on GPU.
 """
 import argparse
-import copy
 import json
 import os
 import resource
@@ -112,8 +111,7 @@ def bench_one(name, out, steps, untimed=1):
     G, D, tok, vocab, path = models(kind, out)
     cfg = train_gad.parse_args(["--batch-prompts", str(prompts), "--n-samples", str(n), "--max-response-len",
                                 str(tokens), "--micro-batch-size", str(micro)])
-    ref = copy.deepcopy(G) if parallel.world() == 1 else run.load_generator(path, cfg)  # the same weights as G
-    ref = ref.eval().requires_grad_(False)
+    ref = run.load_generator(path, cfg).eval().requires_grad_(False)  # the same weights as G, as in train_gad
     g_opt, d_opt = train_gad.adamw(G, cfg.lr_gad, cfg), train_gad.adamw(D, cfg.lr_d, cfg)
     clock, per_step, lengths = {}, [], []
     real = {k: getattr(train_gad, k) for k in ("sample", "d_scores", "d_update", "g_update", "token_logprobs")}

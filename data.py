@@ -198,9 +198,14 @@ def micro_batches(batch, size):
     a piece is cut to its longest row (training batches are right-padded)."""
     n = len(batch["input_ids"])
     for i in range(0, n, size or n):
-        part = rows(batch, i, i + (size or n))
-        width = int(part["attention_mask"].sum(-1).max()) if size and size < n else part["input_ids"].shape[1]
-        yield slice(i, i + (size or n)), {k: v[:, :width] for k, v in part.items()}
+        yield slice(i, i + (size or n)), cut(batch, i, i + (size or n)) if size and size < n else batch
+
+
+def cut(batch, start, stop):
+    """Rows start:stop of a right-padded packed batch, cut to their longest row."""
+    part = rows(batch, start, stop)
+    width = int(part["attention_mask"].sum(-1).max())
+    return {k: v[:, :width] for k, v in part.items()}
 
 
 def rows(batch, start, stop):

@@ -35,6 +35,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+from data import Batch, cut
+
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # On GPUs the shards stay fp32 (master weights, AdamW) and are gathered as bf16 for compute (half the all-gather
 # bytes, half the whole G held while sampling); gradients are reduced in fp32. GAD_FSDP_BF16=1 forces it on CPU.
@@ -88,13 +90,8 @@ def local(batch):
     if world() == 1:
         return batch
     per = len(batch.prompts) // world()
-    keep = slice(rank() * per, (rank() + 1) * per)
-
-    def cut(packed):
-        part = {k: v[keep] for k, v in packed.items()}
-        width = int(part["attention_mask"].sum(-1).max())  # training rows are right-padded
-        return {k: v[:, :width] for k, v in part.items()}
-    return type(batch)(batch.idx[keep], batch.prompts[keep], cut(batch.teacher), cut(batch.teacher_for_d))
+    i, j = rank() * per, (rank() + 1) * per
+    return Batch(batch.idx[i:j], batch.prompts[i:j], cut(batch.teacher, i, j), cut(batch.teacher_for_d, i, j))
 
 
 def token_count(count):
@@ -108,19 +105,17 @@ def token_count(count):
 
 def mean(x):
     """The mean over ranks of a number."""
-    if world() == 1:
-        return x
-    t = torch.tensor([x], dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.item() / world()
+    return _reduced(x, dist.ReduceOp.SUM) / world() if world() > 1 else x
 
 
 def largest(x):
     """The largest over ranks of a number."""
-    if world() == 1:
-        return x
+    return _reduced(x, dist.ReduceOp.MAX) if world() > 1 else x
+
+
+def _reduced(x, op):
     t = torch.tensor([x], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=op)
     return t.item()
 
 
@@ -192,7 +187,9 @@ def run_inside(model, fn, *args, **kwargs):
 
 @contextlib.contextmanager
 def gathered(model):
-    """Every FSDP unit of model unsharded for the block and kept whole across its forwards (for sampling)."""
+    """Every FSDP unit of model unsharded for the block and kept whole across its forwards (for sampling); then
+    resharded, and back to fully_shard's default: layers reshard after forward, the root (needed first in
+    backward) does not."""
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for unit in units:
         unit.unshard()
@@ -202,7 +199,7 @@ def gathered(model):
     finally:
         for unit in units:
             unit.reshard()
-            unit.set_reshard_after_forward(True, recurse=False)
+            unit.set_reshard_after_forward(unit is not model, recurse=False)
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -328,12 +328,7 @@ def student_folder(cfg, log):
     path = os.path.join(cfg.out_dir, "before", "generator")
     # one fixed starting student for every --seed, as the paper starts every run from the same checkpoint;
     # --seed varies the distillation, --pretrain-seed the student
-    spec = {"seed": cfg.pretrain_seed, "pretrain_steps": cfg.pretrain_steps, "world": f"embedded:{world.version()}"}
-    name = f"pretrain{cfg.pretrain_seed}-steps{cfg.pretrain_steps}"
-    if (cfg.student_hidden, cfg.student_layers) != (128, 3):  # another size: its own student (and spec)
-        spec |= {"hidden": cfg.student_hidden, "layers": cfg.student_layers}
-        name += f"-h{cfg.student_hidden}-l{cfg.student_layers}"
-    name += "" if world.ACTIVE["world"] == "default" else f"-{world.ACTIVE['world']}"
+    spec, name = world.student_spec(cfg.pretrain_seed, cfg.pretrain_steps, cfg.student_hidden, cfg.student_layers)
     # runs under the same parent folder share it: runs/.starting_student/<spec>/ (3 MB), copied into before/
     shared = os.path.join(os.path.dirname(os.path.abspath(cfg.out_dir)), ".starting_student", name)
 

@@ -106,10 +106,7 @@ class TeacherServer:
                     return self._send(fail, {"error": {"message": f"injected {fail}"}})
                 if not self.path.endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
-                texts = server.respond(body["messages"], body.get("n", 1))
-                finishes = ["stop"] * len(texts)
-                if isinstance(texts, tuple):  # (texts, finishes) from a teacher's answer()
-                    texts, finishes = texts[0], [{"refused": "content_filter"}.get(f, f) for f in texts[1]]
+                texts, finishes = server.answer(body["messages"], body.get("n", 1))
                 if fail == "empty":
                     texts = [""] * len(texts)
                 if fail in ("refuse", "length"):
@@ -117,14 +114,19 @@ class TeacherServer:
                 with server.lock:
                     server.served += 1
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": i, "finish_reason": reason,
-                                              "message": {"role": "assistant", "content": t}}
-                                             for i, (t, reason) in enumerate(zip(texts, finishes))],
+                                 "choices": _choices(texts, finishes),
                                  "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def answer(self, messages, n):
+        """(texts, OpenAI finish reasons) from respond, which returns texts or a teacher's (texts, finishes)."""
+        texts = self.respond(messages, n)
+        if isinstance(texts, tuple):
+            return texts[0], [{"refused": "content_filter"}.get(f, f) for f in texts[1]]
+        return texts, ["stop"] * len(texts)
 
     # ------------------------------------------------------------------------ the Batch API (under self.lock)
     def add_file(self, data, purpose="batch"):
@@ -154,11 +156,7 @@ class TeacherServer:
             todo = b["lines"][:len(b["lines"]) // 2] if self.batch_expire else b["lines"]
             out = []
             for req in todo:
-                texts = self.respond(req["body"]["messages"], req["body"].get("n", 1))
-                texts, finishes = texts if isinstance(texts, tuple) else (texts, ["stop"] * len(texts))
-                choices = [{"index": i, "finish_reason": {"refused": "content_filter"}.get(f, f),
-                            "message": {"role": "assistant", "content": t}}
-                           for i, (t, f) in enumerate(zip(texts, finishes))]
+                choices = _choices(*self.answer(req["body"]["messages"], req["body"].get("n", 1)))
                 out.append(json.dumps({"id": f"req_{len(out)}", "custom_id": req["custom_id"], "error": None,
                                        "response": {"status_code": 200, "request_id": "r", "body": {
                                            "id": "x", "object": "chat.completion", "choices": choices}}}))
@@ -174,6 +172,11 @@ class TeacherServer:
     def __exit__(self, *a):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _choices(texts, finishes):
+    return [{"index": i, "finish_reason": reason, "message": {"role": "assistant", "content": t}}
+            for i, (t, reason) in enumerate(zip(texts, finishes))]
 
 
 def _multipart_file(raw, content_type):

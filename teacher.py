@@ -75,6 +75,16 @@ def is_empty(text):
     return text is not None and not text.strip()
 
 
+def to_ask(cache, keys):
+    """The keys, once each, whose answer is not in the cache or is empty (an empty answer is asked again)."""
+    return list(dict.fromkeys(k for k in keys if cache.get(k) is None or any(map(is_empty, cache.get(k)[0]))))
+
+
+def finish_of(finish_reason):
+    """An OpenAI finish_reason as the cache records it: refused (content filter), length (cut off) or stop."""
+    return {"content_filter": "refused", "length": "length"}.get(finish_reason, "stop")
+
+
 class TeacherCache:
     """Append-only JSONL: {"key", "teacher", "messages", "params", "responses", "finish"} per line.
 
@@ -136,7 +146,7 @@ def collect(teacher, prompts, cache, n=1, concurrency=1, log=None):
     Returns (texts: list of n-lists of str or None, finishes: list of n-lists, calls: prompts asked)."""
     params = {**teacher.params, "n": n}
     keys = [cache_key(teacher.name, m, params) for m in prompts]
-    missing = list(dict.fromkeys(k for k in keys if cache.get(k) is None or any(map(is_empty, cache.get(k)[0]))))
+    missing = to_ask(cache, keys)
     by_key = dict(zip(keys, prompts))
 
     def ask(key):
@@ -231,8 +241,7 @@ class OpenAITeacher:
                                                         temperature=self.params["temperature"],
                                                         max_tokens=self.params["max_tokens"])
                 # a refusal (content filter) is recorded as None; a cut-off answer as finish "length"
-                finish = ["refused" if c.finish_reason == "content_filter" else
-                          "length" if c.finish_reason == "length" else "stop" for c in r.choices]
+                finish = [finish_of(c.finish_reason) for c in r.choices]
                 texts = [None if f == "refused" else c.message.content or "" for f, c in zip(finish, r.choices)]
                 if len(texts) == n and all(t is None or isinstance(t, str) for t in texts):
                     return texts, finish

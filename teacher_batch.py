@@ -25,7 +25,7 @@ import openai
 from tqdm import tqdm
 
 from checkpoint import write_json
-from teacher import TeacherError, _scrub, cache_key, is_empty
+from teacher import TeacherError, _scrub, cache_key, finish_of, is_empty, to_ask
 
 DONE = ("completed", "failed", "expired", "cancelled")
 
@@ -46,7 +46,7 @@ def _collect_batch(teacher, prompts, cache, state_path, log, poll_seconds):
         raise SystemExit(f"train_gad.py: {state_path} holds a batch for {state['teacher']}, not {teacher.name}; "
                          "remove the file to submit a new batch")
     if state is None:
-        missing = [k for k, m in by_key.items() if cache.get(k) is None or any(map(is_empty, cache.get(k)[0]))]
+        missing = to_ask(cache, list(by_key))
         if not missing:
             return 0
         state = submit(teacher, missing, by_key, state_path)
@@ -76,8 +76,8 @@ def requests_file(teacher, keys, by_key):
 
 
 def submit(teacher, keys, by_key, state_path):
-    upload = teacher.client.files.create(file=("gad_teacher_batch.jsonl", io.BytesIO(requests_file(teacher, keys, by_key))),
-                                         purpose="batch")
+    data = io.BytesIO(requests_file(teacher, keys, by_key))
+    upload = teacher.client.files.create(file=("gad_teacher_batch.jsonl", data), purpose="batch")
     batch = teacher.client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                           completion_window="24h")
     state = {"batch_id": batch.id, "input_file_id": upload.id, "teacher": teacher.name, "keys": keys}
@@ -110,7 +110,7 @@ def store(teacher, batch, cache, by_key, params):
         if key not in by_key or response.get("status_code") != 200:
             continue
         choice = response["body"]["choices"][0]
-        finish = {"content_filter": "refused", "length": "length"}.get(choice.get("finish_reason"), "stop")
+        finish = finish_of(choice.get("finish_reason"))
         text = None if finish == "refused" else (choice.get("message") or {}).get("content") or ""
         if is_empty(text):
             continue  # an empty answer is asked again live, as collect does

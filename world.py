@@ -278,6 +278,17 @@ def build_student(out_dir, seed=0, steps=800, batch_size=64, lr=2e-3, hidden=128
 SHIPPED_STUDENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_student")
 
 
+def student_spec(seed=0, steps=800, hidden=128, layers=3):
+    """(marker, folder name) of a pretrained starting student: the marker (world.json) says which student a
+    folder holds; the default size is left out of both, so older folders still match."""
+    spec = {"seed": seed, "pretrain_steps": steps, "world": f"embedded:{version()}"}
+    name = f"pretrain{seed}-steps{steps}"
+    if (hidden, layers) != (128, 3):  # another size: its own student
+        spec |= {"hidden": hidden, "layers": layers}
+        name += f"-h{hidden}-l{layers}"
+    return spec, name + ("" if ACTIVE["world"] == "default" else f"-{ACTIVE['world']}")
+
+
 def student_recipe(seed=0, steps=800, batch_size=64, lr=2e-3, hidden=128, layers=3):
     """build_student's arguments and the sha256 of what it trains on (corpus, tokenizer): the recipe as data."""
     corpus = json.dumps(pretrain_corpus(steps * batch_size, seed=seed + 1000), sort_keys=True)
@@ -310,7 +321,7 @@ def rebuild(out_dir=SHIPPED_STUDENT, steps=800, log=print):
     shutil.rmtree(tmp, ignore_errors=True)
     build_student(tmp, seed=0, steps=steps, log=log)
     with open(os.path.join(tmp, "world.json"), "w") as f:  # the marker run.student_folder reads
-        json.dump({"seed": 0, "pretrain_steps": steps, "world": f"embedded:{version()}"}, f)
+        json.dump(student_spec(0, steps)[0], f)
     with open(os.path.join(tmp, "recipe.json"), "w") as f:
         json.dump({"recipe": student_recipe(steps=steps),
                    "model_sha256": file_sha256(os.path.join(tmp, "model.safetensors"))}, f, indent=2)

@@ -73,7 +73,10 @@ def barrier():
 
 
 def finish():
+    """Leave the process group together: a process that tears its group down while another is still writing or
+    judging can abort in gloo ("terminate called without an active exception", seen once in CI)."""
     if world() > 1:
+        dist.barrier()
         dist.destroy_process_group()
 
 

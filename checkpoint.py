@@ -12,6 +12,8 @@ complete, so a kill at any moment leaves the previous resume point intact. The K
 saved: it is the post-warmup generator, rebuilt from runs/<name>/warmup/generator.
 Under torchrun every rank calls these (the full weights are gathered from the shards); rank 0 writes.
 """
+import contextlib
+import errno
 import json
 import math
 import os
@@ -39,11 +41,76 @@ def save_model(model, path, tok=None):
 
 
 def write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+    """obj as strict JSON (NaN / inf written as null) into a temp file, then renamed: never half-written."""
+    if os.path.isdir(path):
+        raise SystemExit(f"{path}: is a folder; move it away to write this file")
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(json_safe(obj), f, indent=2, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")
+        raise SystemExit(f"cannot write {path}: {e.strerror}") from None
+
+
+def read_json(path):
+    """A JSON file the project wrote (config.json, eval.json, ...), or a one-line error naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else f"not valid JSON: {str(e)[:80]}"
+        raise SystemExit(f"{path}: cannot be read ({why}); restore or remove it") from None
+
+
+def json_safe(obj):
+    """obj with every non-finite float (NaN, inf) as None: what strict JSON can hold."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def append_jsonl(path, rec):
+    """One JSON line appended in one write. A failed write (a full disk) is cut back off the file, so the file never
+    ends in a torn line, and stops the run in one line."""
+    line = (json.dumps(json_safe(rec), allow_nan=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    size = os.fstat(fd).st_size
+    try:
+        if os.write(fd, line) != len(line):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise SystemExit(f"train_gad.py: cannot write {path}: {e.strerror}; make room, then rerun with --resume") \
+            from None
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path):
+    """The records of a JSONL file the project wrote. A torn last line (a crash or a full disk mid-write) is left out;
+    a damaged line elsewhere is a one-line error naming the file and line. Lines split on "\\n" only."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if i == len(lines):  # the last line, without its newline: torn
+                break
+            raise SystemExit(f"{path}: line {i} is not valid JSON (a damaged file?); remove that line") from None
+    return out
 
 
 def save_resume(out_dir, phase, next_step, tok, data, gen, g_opt, disc=None, d_opt=None):
@@ -93,7 +160,7 @@ def latest(out_dir):
     pointer = os.path.join(out_dir, "resume", "latest.json")
     if not os.path.exists(pointer):
         return None
-    info = json.load(open(pointer))
+    info = read_json(pointer)
     info["dir"] = os.path.join(out_dir, "resume", info["path"]) if info["path"] else None
     return info
 
@@ -102,8 +169,9 @@ def restore_state(info, data, g=None, d=None):
     """Load the optimiser / RNG / data-order state of a resume point. g, d: (model, optimiser) pairs to load."""
     state = torch.load(os.path.join(info["dir"], "state.pt"), weights_only=True)
     if state.get("processes", 1) != parallel.world():
-        raise SystemExit(f"train_gad.py: --resume: {info['dir']} was written by {state.get('processes', 1)} "
-                         f"processes; resume it with as many (this run has {parallel.world()})")
+        written = processes(state.get("processes", 1))
+        raise SystemExit(f"train_gad.py: --resume: {info['dir']} was written by {written}; resume it with as many "
+                         f"(this run has {parallel.world()})")
     rank = parallel.rank()
     torch.set_rng_state(state["torch_rng"][rank] if isinstance(state["torch_rng"], list) else state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
@@ -113,6 +181,10 @@ def restore_state(info, data, g=None, d=None):
     for player, key in ((g, "g_opt"), (d, "d_opt")):
         if player is not None:
             parallel.load_optimizer_state(*player, state[key])
+
+
+def processes(k):
+    return f"{k} process" + ("" if k == 1 else "es")
 
 
 def _as_rng_state(s):
@@ -130,9 +202,12 @@ def reset_metrics(out_dir, stages, from_step=0):
     path = os.path.join(out_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        recs = [json.loads(line) for line in f if line.strip()]
-        keep = [json.dumps(r) + "\n" for r in recs if r.get("stage") not in stages or r["step"] < from_step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(keep)
-    os.replace(path + ".tmp", path)
+    keep = [json.dumps(r) + "\n" for r in read_jsonl(path) if r.get("stage") not in stages or r["step"] < from_step]
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)  # a torn last line is dropped here too
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")
+        raise SystemExit(f"train_gad.py: cannot write {path}: {e.strerror}") from None

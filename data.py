@@ -74,6 +74,7 @@ def _messages(path, i, row):
                                 f"(expected one of {sorted(ROLES)})")
             if not isinstance(m["content"], str):
                 raise DataError(f"{where}: field 'content'[{j}].content: expected a string")
+            _encodable(m["content"], f"{where}: field 'content'[{j}].content")
             out.append({"role": m["role"], "content": m["content"]})
         if out[-1]["role"] != "user":
             raise DataError(f"{where}: field 'content': the last message must be from the user")
@@ -83,9 +84,19 @@ def _messages(path, i, row):
     if row.get("prompt") is not None:
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
             raise DataError(f"{where}: field 'prompt': empty prompt")
+        _encodable(row["prompt"], f"{where}: field 'prompt'")
         return [{"role": "user", "content": row["prompt"]}]
     raise DataError(f"{where}: missing field 'content' (chat messages) or 'prompt' (string); "
                     f"found fields {sorted(row)}")
+
+
+def _encodable(text, where):
+    """Text that no request or tokenizer can carry (a lone surrogate such as "\\ud800" in JSON) is refused here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: character {e.start + 1} is not valid Unicode (a lone surrogate "
+                        f"{text[e.start]!a})") from None
 
 
 def load_records(path, need_response=False, log=None):
@@ -99,6 +110,8 @@ def load_records(path, need_response=False, log=None):
         resp = row.get("teacher_response", row.get("response"))
         if resp is not None and not isinstance(resp, str):
             raise DataError(f"{path}: row {i}: field 'teacher_response': expected a string")
+        if resp is not None:
+            _encodable(resp, f"{path}: row {i}: field 'teacher_response'")
         if need_response and resp is None:
             raise DataError(f"{path}: row {i}: missing field 'teacher_response'")
         rec["teacher_response"] = resp
@@ -126,6 +139,16 @@ def fixed_subset(items, k, log):
     keep = sorted(random.Random(1234).sample(range(len(items)), k))
     log(f"[data] --train-prompts {k}: training on {k} of the {len(items)} prompts (the same for every seed)")
     return [items[i] for i in keep]
+
+
+def within_prompt_len(prompts, tokenizer, max_len, log):
+    """The prompts of at most max_len tokens, checked before any is sent to a paid teacher (a longer one would be
+    dropped after its answer was paid for); the others are counted in the log."""
+    keep = [m for m in prompts if len(prompt_ids(tokenizer, m)) <= max_len]
+    if len(keep) < len(prompts):
+        log(f"[data] skipped {len(prompts) - len(keep)} of {len(prompts)} prompts: prompt > {max_len} tokens "
+            "(--max-prompt-len; not sent to the teacher)")
+    return keep
 
 
 def duplicate_prompts(records):

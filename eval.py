@@ -23,7 +23,6 @@ again with an "ood_" prefix on the out-of-domain topics (never in teacher data a
   modes       mean number of distinct teacher modes among one prompt's valid samples (max 3)
 """
 import argparse
-import json
 import os
 import re
 import statistics
@@ -34,7 +33,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import world
-from checkpoint import write_json
+from checkpoint import read_json, write_json
 from data import DataError, load_records
 from generator import finished, prompt_ids, sample
 from teacher import EmbeddedTeacher, TeacherCache, TeacherError, collect, make_teacher
@@ -67,10 +66,34 @@ def checkpoint(run_dir, name):
         return path
     config = os.path.join(run_dir, "config.json")
     if name == "before" and os.path.exists(config):
-        student = json.load(open(config)).get("student")
+        student = read_json(config).get("student")
         if student and student != "embedded" and os.path.isdir(student):
             return student
     return None
+
+
+def load(path, dtype=torch.float32, device="cpu"):
+    """(tokenizer, model) of a checkpoint folder, or a one-line error naming it (no config.json, damaged weights)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise SystemExit(f"eval.py: {path}: not a model folder (no config.json)")
+    try:
+        return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    except Exception as e:  # noqa: BLE001 -- truncated or damaged weights fail deep inside safetensors / transformers
+        raise SystemExit(f"eval.py: {path}: cannot be loaded ({type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0][:120]})") from None
+
+
+def writable(path):
+    """A one-line error now if path (a file to write at the end) cannot be written: a folder, or a read-only place."""
+    if os.path.isdir(path):
+        raise SystemExit(f"eval.py: {path} is a folder; move it away")
+    probe = f"{path}.probe{os.getpid()}"
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise SystemExit(f"eval.py: cannot write {path}: {e.strerror}") from None
 
 
 def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log=print, models=MODELS):
@@ -79,15 +102,19 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
     Main metrics are on the in-domain "test" prompts; the same metrics on the out-of-domain topics
     are stored with an "ood_" prefix. The run's world variant (config.json's "world") is judged by its own rules."""
     config = os.path.join(run_dir, "config.json")
-    world.use(json.load(open(config)).get("world", "default") if os.path.exists(config) else "default")
+    name = read_json(config).get("world", "default") if os.path.exists(config) else "default"
+    if name not in world.WORLDS:
+        raise SystemExit(f"eval.py: {config}: \"world\": {str(name)[:40]!r} is not one of {', '.join(world.WORLDS)}")
+    world.use(name)
+    found = [(m, checkpoint(run_dir, m)) for m in models if checkpoint(run_dir, m)]
+    if models and not found:
+        expected = ", ".join(m + "/generator" for m in models)
+        raise SystemExit(f"eval.py: no checkpoints in {run_dir} (expected {expected})")
+    writable(os.path.join(run_dir, "eval.json"))  # before minutes of sampling, not after
     splits = {"": world.prompts("test"), "ood_": world.prompts("ood")}
     results, examples = {}, {}
-    for name in models:
-        path = checkpoint(run_dir, name)
-        if path is None:
-            continue
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path)
+    for name, path in found:
+        tok, model = load(path)
         results[name] = {}
         for prefix, prompts in splits.items():
             torch.manual_seed(seed)
@@ -215,18 +242,19 @@ def evaluate_real(run_dir, test_data, judge_spec=None, judge_base_url=None, temp
     recs = recs[:limit] if limit else recs
     questions = [r["messages"] for r in recs]
     refs = [r["teacher_response"] for r in recs]
-    judge = make_teacher(judge_spec, base_url=judge_base_url, temperature=0.0, max_tokens=1024, log=log) \
-        if judge_spec else None
+    judge = make_teacher(judge_spec, base_url=judge_base_url, temperature=0.0, max_tokens=1024, log=log,
+                         flag="--judge") if judge_spec else None
     cache = TeacherCache(os.path.join(run_dir, "judge_cache.jsonl"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    found = [(m, checkpoint(run_dir, m)) for m in MODELS if checkpoint(run_dir, m)]
+    if not found:
+        raise SystemExit(f"eval.py: no checkpoints in {run_dir} (expected before/, warmup/, seqkd/ or gad/ generator/)")
+    writable(os.path.join(run_dir, "eval.json"))
     answers = {}
-    for name in MODELS:
-        path = checkpoint(run_dir, name)
+    for name, path in found:
         if path is not None:
-            tok = AutoTokenizer.from_pretrained(path)
+            tok, model = load(path, torch.bfloat16 if device == "cuda" else torch.float32, device)
             tok.pad_token = tok.pad_token or tok.eos_token
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device)
             torch.manual_seed(0)
             answers[name] = student_responses(model, tok, questions, 1, temperature, max_new_tokens, gen_batch_size)
             del model

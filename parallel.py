@@ -15,7 +15,9 @@ How the loop stays the same (each point is one function below):
                  FSDP hooks through `run_sharded`
   gathered       sampling gathers the weights once per `generate` call, not once per generated token
   mean_metrics   the logged metrics are means over ranks (every rank has the same number of rows)
-  main_first     rank 0 pretrains the embedded student and asks the teacher; the others then read its cache
+  from_main      rank 0 alone makes the starting student and asks the teacher; every rank gets its (prompts,
+                 answers), so all train on one data set
+  same_flags / together   every rank has rank 0's flags, and a rank that stops takes the others with it
   full_weights / optimizer_state / load_optimizer_state / rng_states
                  checkpoints are ordinary save_pretrained folders written by rank 0 from the full state dict;
                  resume points hold the full optimiser states and every rank's RNG state
@@ -44,16 +46,70 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 BF16 = torch.cuda.is_available() or os.environ.get("GAD_FSDP_BF16") == "1"
 
 
-def init(batch_prompts=None, log=None):
+def init(flags=None, log=None):
     """Join the process group when started by torchrun with more than one process (else: one process); check that
-    the step's batch_prompts split into whole prompt groups per process. Returns log on rank 0, a no-op elsewhere."""
+    every process has rank 0's flags (else they would wait on each other's collectives) and that the step's
+    batch_prompts split into whole prompt groups per process. Returns log on rank 0, a no-op elsewhere."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" is now this rank's GPU
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if batch_prompts is not None:
-        check(batch_prompts)
+    if flags is not None:
+        same_flags(flags)
+        check(flags["batch_prompts"])
     return log if is_main() else (lambda *args, **kwargs: None)
+
+
+def same_flags(flags):
+    """Every process stops with one line if any was started with other flag values than rank 0."""
+    if world() == 1:
+        return
+    everyone = [None] * world()
+    dist.all_gather_object(everyone, {k: v for k, v in flags.items() if k != "as_given"})
+    for r, other in enumerate(everyone[1:], 1):
+        changed = [k for k in everyone[0] if other.get(k) != everyone[0][k]]
+        if changed:
+            what = ", ".join(f"--{k.replace('_', '-')} {everyone[0][k]!r} -> {other.get(k)!r}" for k in changed[:4])
+            raise SystemExit(f"train_gad.py: torchrun process {r} has other flags than process 0 ({what}); every "
+                             "process must be started with the same command")
+
+
+def together(fn):
+    """fn() on every process; if it stops one of them (SystemExit), all stop with that message, so none is left
+    waiting in a collective for a process that has gone."""
+    try:
+        out, error = fn(), None
+    except SystemExit as e:
+        out, error = None, str(e.code)
+    if world() > 1:
+        errors = [None] * world()
+        dist.all_gather_object(errors, error)
+        error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise SystemExit(error)
+    return out
+
+
+def from_main(fn):
+    """fn() on rank 0 alone; every process gets its result (the same objects), or stops with rank 0's error.
+    Used for the teacher's answers: only rank 0 asks, and every rank trains on exactly its data."""
+    if world() == 1:
+        return fn()
+    box = [None]
+    if is_main():
+        try:
+            box = [("ok", fn())]
+        except SystemExit as e:
+            box = [("stop", str(e.code))]
+        except BaseException as e:  # noqa: BLE001 -- the others must not wait for a rank that has failed
+            box = [("stop", f"train_gad.py: process 0 failed: {type(e).__name__}: {e}")]
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "stop":
+        raise SystemExit(value)
+    return value
 
 
 def world():
@@ -150,16 +206,6 @@ def gather(t):
 def full(norm):
     """A gradient norm that clip_grad_norm_ returned as a DTensor (FSDP) as an ordinary tensor."""
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-
-@contextlib.contextmanager
-def main_first():
-    """Rank 0 runs the block first (pretrains, asks the teacher, writes caches); then the others run it."""
-    if not is_main():
-        barrier()
-    yield
-    if is_main():
-        barrier()
 
 
 # ---------------------------------------------------------------------------- sharding and sampling

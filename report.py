@@ -5,18 +5,18 @@ experiments.py; it only reads run folders (eval.json, metrics.jsonl), never trai
     python report.py --compare runs/default runs/lab_eos --plot lab.png   # GAD-stage health side by side (labs)
 """
 import argparse
-import json
 import os
 import statistics
 import sys
 
+from checkpoint import read_json, read_jsonl
 from eval import MODELS
 METRICS = ["fidelity", "relevance", "length", "distinct_2", "modes", "ood_fidelity"]
 
 
 def evals(run_dirs):
     """The eval.json of each run."""
-    return [json.load(open(os.path.join(d, "eval.json"))) for d in run_dirs]
+    return [read_json(os.path.join(d, "eval.json")) for d in run_dirs]
 
 
 def mean_std(values):
@@ -35,34 +35,41 @@ def table(rows, metrics=METRICS):
 
 def summarize(run_dirs, keys=("fidelity", "relevance", "length", "distinct_2", "modes", "ood_fidelity",
                                  "ood_relevance")):
-    """Markdown table of mean +- std (population) over several runs' eval.json."""
+    """Markdown table of mean +- std (population) over several runs' eval.json: the embedded world's metrics, or
+    (real models) the numeric metrics every run has."""
     runs = evals(run_dirs)
-    _, md = table({name: [e[name] for e in runs] for name in MODELS + ["teacher"] if all(name in e for e in runs)},
-                  list(keys))
+    names = [name for name in MODELS + ["teacher"] if all(isinstance(e.get(name), dict) for e in runs)]
+    entries = [e[name] for e in runs for name in names]
+    if not all(isinstance(x.get(k), (int, float)) for x in entries for k in keys):
+        keys = [k for k in dict.fromkeys(k for x in entries for k in x)
+                if all(isinstance(x.get(k), (int, float)) and not isinstance(x.get(k), bool) for x in entries)]
+    _, md = table({name: [e[name] for e in runs] for name in names}, list(keys))
     lines = [md, "", "Discriminator health per run (from metrics.jsonl): mean d_acc in warmup / GAD, median reward_group_std"
               " and mean / max k3 KL in GAD"]
     for d in run_dirs:
         lines.append(f"- {d}: " + health(d))
-    return "\n".join(lines) + f"\n\n({len(runs)} runs: {', '.join(run_dirs)})"
+    return "\n".join(lines) + f"\n\n({len(runs)} run{'' if len(runs) == 1 else 's'}: {', '.join(run_dirs)})"
 
 
 def stage_records(run_dir, stage):
     """The metrics.jsonl records of one stage (warmup, gad or seqkd) of a run, in step order."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, filter(str.strip, f)) if r["stage"] == stage]
+    return [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if r.get("stage") == stage]
 
 
 def health(run_dir):
     if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
         return "no metrics.jsonl"
-    w = [r["d_acc"] for r in stage_records(run_dir, "warmup")]
     g = stage_records(run_dir, "gad")
-    if not w or not g:
-        return "no warmup / GAD steps"
-    kl = [r["kl"] for r in g if r.get("kl") is not None]
-    return (f"d_acc {statistics.mean(w):.3f} / {statistics.mean(r['d_acc'] for r in g):.3f}, "
-            f"reward_group_std {statistics.median(r['reward_group_std'] for r in g):.3f}, "
-            f"kl {statistics.mean(kl):.3f} / {max(kl):.3f}")
+    if not g:
+        return "no GAD steps"
+
+    def mean_of(recs, key, how=statistics.mean):
+        values = [r[key] for r in recs if isinstance(r.get(key), (int, float))]
+        return f"{how(values):.3f}" if values else "-"  # e.g. no d_acc in warmup with --no-d-warmup
+    w = stage_records(run_dir, "warmup")
+    return (f"d_acc {mean_of(w, 'd_acc')} / {mean_of(g, 'd_acc')}, "
+            f"reward_group_std {mean_of(g, 'reward_group_std', statistics.median)}, "
+            f"kl {mean_of(g, 'kl')} / {mean_of(g, 'kl', max)}")
 
 
 COMPARE_KEYS = ["d_acc", "d_gap", "reward_mean", "reward_group_std", "kl", "entropy", "response_length", "truncated"]
@@ -80,9 +87,10 @@ def compare(run_dirs, keys=COMPARE_KEYS, window=22):
             first = [r[k] for r in g[:window] if r.get(k) is not None]
             last = [r[k] for r in g[-window:] if r.get(k) is not None]
             cells.append(f"{statistics.mean(first):.3f} -> {statistics.mean(last):.3f}" if first and last else "-")
-        ev = json.load(open(os.path.join(d, "eval.json"))).get("gad", {}) if os.path.exists(
+        ev = read_json(os.path.join(d, "eval.json")).get("gad", {}) if os.path.exists(
             os.path.join(d, "eval.json")) else {}
-        cells += [f"{ev[k]:.3f}" if k in ev else "-" for k in ("fidelity", "ood_fidelity", "length", "modes")]
+        cells += [f"{ev[k]:.3f}" if isinstance(ev.get(k), (int, float)) else "-"
+                  for k in ("fidelity", "ood_fidelity", "length", "modes")]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + (f"\n\n(GAD stage: mean of the first {window} steps -> mean of the last {window}; "
                                "fidelity, ood_fidelity, length, modes: the final GAD student on held-out prompts)")
@@ -130,13 +138,17 @@ if __name__ == "__main__":
         ap.error("choose one of --summary or --compare")
     need = "eval.json" if a.summary else "metrics.jsonl"
     for d in a.run_dirs:
-        if not os.path.exists(os.path.join(d, need)):
-            sys.exit(f"report.py: {os.path.join(d, need)} not found" + (" (run eval.py on it first)" if a.summary
-                                                                         else " (not a train_gad.py run folder?)"))
-    if a.summary:
-        print(summarize(a.run_dirs))
-    else:
-        print(compare(a.run_dirs))
+        path = os.path.join(d, need)
+        if os.path.isdir(path):
+            sys.exit(f"report.py: {path} is a folder, not a file")
+        if not os.path.isfile(path):
+            sys.exit(f"report.py: {path} not found" + (" (run eval.py on it first)" if a.summary
+                                                       else " (not a train_gad.py run folder?)"))
+    try:
+        print(summarize(a.run_dirs) if a.summary else compare(a.run_dirs))
+    except SystemExit as e:  # a damaged file: one line naming it
+        sys.exit(f"report.py: {e.code}")
+    if a.compare:
         if a.plot:
             try:
                 plot_curves(a.run_dirs, a.plot)

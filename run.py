@@ -10,10 +10,14 @@
 """
 import argparse
 import contextlib
+import fcntl
 import importlib.util
 import json
+import math
 import os
+import reprlib
 import shutil
+import sys
 import uuid
 
 import torch
@@ -46,15 +50,22 @@ def parse_args(config, argv=None, doc=None):
             ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                             help=f"{meaning} (default: {default!r})")
     path = ap.parse_known_args(argv)[0].config
-    if path:  # the file's values become the defaults, so the command line wins
-        ap.set_defaults(**read_config(path, config, ap.error))
+    values = read_config(path, config, ap.error) if path else {}
+    ap.set_defaults(**values)  # the file's values become the defaults, so the command line wins
     cfg = ap.parse_args(argv)
+    # values derived from others: config.json keeps them as given (so a replay derives them anew), the log shows both
+    cfg.as_given = {}
     if cfg.seqkd_steps == -1:
-        cfg.seqkd_steps = cfg.warmup_steps + cfg.gad_steps
+        cfg.as_given["seqkd_steps"], cfg.seqkd_steps = -1, cfg.warmup_steps + cfg.gad_steps
     check(cfg, ap.error)
+    given = sys.argv[1:] if argv is None else argv
+    if "out_dir" in values and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in given) \
+            and os.path.exists(os.path.join(cfg.out_dir, "config.json")) and not cfg.resume:
+        ap.error(f"--config {path} names --out-dir {cfg.out_dir}, which holds a run already: give the replay its own "
+                 f"--out-dir (or --resume to continue that run, --out-dir {cfg.out_dir} to start it over)")
     world.use(cfg.world)  # the embedded world's variant: its teacher, student and judge
     if cfg.init_from:
-        cfg.warmup_steps = 0
+        cfg.as_given["warmup_steps"], cfg.warmup_steps = cfg.warmup_steps, 0
     return cfg
 
 
@@ -76,17 +87,31 @@ def read_config(path, config, error):
         if name == "config":  # a run's config.json names the file it was read from
             continue
         if name not in config:
-            error(f"--config {path}: unknown key {key!r} (not a flag of train_gad.py)")
+            error(f"--config {path}: unknown key {short(key)} (not a flag of train_gad.py)")
         kind = type(config[name][0])
+        if kind is float and isinstance(value, str):  # PyYAML reads 5e-4 (no dot) as a string: YAML 1.1's rule
+            with contextlib.suppress(ValueError):
+                value = float(value)
         exact = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if not (exact or (kind is float and isinstance(value, int) and not isinstance(value, bool))):
-            error(f"--config {path}: key {key!r}: expected {kind.__name__}, got {value!r}")
+            error(f"--config {path}: key {short(key)}: expected {kind.__name__}, got {short(value)}")
+        if kind is float and not math.isfinite(value):
+            error(f"--config {path}: key {short(key)}: expected a finite number, got {value}")
         out[name] = kind(value)
     return out
 
 
+def short(value):
+    """A value as an error message may echo it: at most 80 characters (a YAML anchor can expand a small file into
+    a huge value)."""
+    return reprlib.Repr(maxstring=60, maxother=60, maxlist=4, maxdict=4, maxlevel=2).repr(value)[:80]
+
+
 def check(cfg, error):
     """Every flag value that cannot work gets one line here, before any data file, model or teacher is touched."""
+    for name, value in vars(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if cfg.mode not in PHASES:
         error(f"--mode must be all, gad or seqkd, got {cfg.mode!r}")
     if cfg.teacher_batch and not cfg.teacher.startswith("openai:"):
@@ -135,21 +160,61 @@ def check(cfg, error):
 
 
 # ---------------------------------------------------------------------------- the run folder
+def config_record(cfg):
+    """What config.json holds: the flags as given (a derived value is derived again by a replay), never a password."""
+    return {**{k: v for k, v in vars(cfg).items() if k != "as_given"}, **cfg.as_given,
+            "teacher_base_url": redact_url(cfg.teacher_base_url)}
+
+
+SAME_RUN_IGNORES = {"resume", "config", "out_dir"}  # a folder may be moved or spelled differently; it is the run's
+NEW_PHASE_IGNORES = SAME_RUN_IGNORES | {"mode"}     # --mode gad, then --mode seqkd: the two phases of one run
+
+
 class Run:
-    """One run folder: config.json, metrics.jsonl, resume points, and the per-step bookkeeping."""
+    """One run folder: config.json, metrics.jsonl, resume points, and the per-step bookkeeping.
+
+    The folder is locked (out_dir/.lock) while a run uses it. --resume needs the flags of the run in the folder;
+    a fresh start in a folder that holds another run (other flags) is refused, so two runs never mix there."""
 
     def __init__(self, cfg, log):
         self.cfg, self.log, self.bad = cfg, log, 0
-        self.config = {**vars(cfg), "teacher_base_url": redact_url(cfg.teacher_base_url)}  # never a password
+        self.config = config_record(cfg)
+        for name, value in cfg.as_given.items():
+            log(f"[config] --{name.replace('_', '-')} {value} -> {getattr(cfg, name)}")
         self.config_path = os.path.join(cfg.out_dir, "config.json")
-        if cfg.resume and os.path.exists(self.config_path):  # a resumed run must be the same run
-            old = json.load(open(self.config_path))
-            changed = [k for k, v in self.config.items() if k not in ("resume", "config") and k in old and old[k] != v]
-            if changed:
-                raise SystemExit(f"train_gad.py: --resume with different flags than the run in {cfg.out_dir}: "
-                                 + ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {self.config[k]!r}"
-                                             for k in changed))
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        self.lock = lock_folder(cfg.out_dir) if parallel.is_main() else None
+        try:
+            self.same_run()
+        except SystemExit:
+            self.close()
+            raise
+
+    def same_run(self):
+        """--resume: the flags of the run in the folder; a fresh start: no other run's folder (phases may differ)."""
+        cfg = self.cfg
+        if not os.path.exists(self.config_path):
+            return
+        old = checkpoint.read_json(self.config_path)
+        ignore = SAME_RUN_IGNORES if cfg.resume else NEW_PHASE_IGNORES
+        changed = [k for k, v in self.config.items() if k not in ignore and k in old and old[k] != v]
+        if changed:
+            what = ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {self.config[k]!r}" for k in changed[:6])
+            raise SystemExit(f"train_gad.py: --resume with different flags than the run in {cfg.out_dir}: {what}"
+                             if cfg.resume else
+                             f"train_gad.py: {cfg.out_dir} holds another run (its flags differ: {what}); give this "
+                             "one its own --out-dir, or remove that folder first")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """The folder is free again (the lock goes with the process anyway)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def start(self):
         """The run really starts: write config.json, find the resume point, reset the metrics of what will be
@@ -174,7 +239,8 @@ class Run:
             checkpoint.reset_metrics(cfg.out_dir, set().union(*[STAGES[p] for p in phases]),
                                      resume["next_step"] if resume else 0)
         parallel.barrier()
-        self.phases, self.tracker = phases, Tracker(cfg, self.config) if main else None
+        self.phases = phases
+        self.tracker = Tracker(cfg, self.config, resume) if main else None
         return [(p, resume if resume and resume["phase"] == p and resume["dir"] else None) for p in phases]
 
     def finish(self, phase):
@@ -204,10 +270,8 @@ class Run:
 
     def write_metrics(self, stage, step, metrics, seconds, data, batch, samples, tok):
         """metrics.jsonl (one JSON object per step) + a concise line every log_every steps."""
-        rec = {"stage": stage, "step": step, **{k: checkpoint.finite_or_none(v) for k, v in metrics.items()},
-               "seconds": round(seconds, 4)}
-        with open(os.path.join(self.cfg.out_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        rec = checkpoint.json_safe({"stage": stage, "step": step, **metrics, "seconds": round(seconds, 4)})
+        checkpoint.append_jsonl(os.path.join(self.cfg.out_dir, "metrics.jsonl"), rec)
         self.tracker.log(rec)
         if step % self.cfg.log_every == 0:
             keys = ["d_loss", "d_acc", "d_gap", "sft_loss", "reward_mean", "reward_group_std", "kl",
@@ -233,39 +297,77 @@ class Run:
 
 
 class Tracker:
-    """--report-to: every metrics.jsonl record also goes to TensorBoard (out_dir/tensorboard/) or Weights & Biases
-    (project $WANDB_PROJECT, default "gad"; offline with WANDB_MODE=offline), with the run's config. Rank 0 only."""
+    """--report-to: every metrics.jsonl record also goes to TensorBoard (out_dir/tensorboard/<gad|seqkd>/) or Weights &
+    Biases (project $WANDB_PROJECT, default "gad"; offline with WANDB_MODE=offline), with the run's config. Rank 0 only.
+    A resumed run continues its W&B run and TensorBoard drops the steps it redoes; a fresh start is a new W&B run."""
 
-    def __init__(self, cfg, config):
-        self.kind, self.writer = cfg.report_to, None
-        if self.kind == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter  # optional extra: requirements-tracking.txt
-            self.writer = SummaryWriter(os.path.join(cfg.out_dir, "tensorboard"))
-            self.writer.add_text("config", "    " + json.dumps(config, indent=2).replace("\n", "\n    "))
-        elif self.kind == "wandb":
+    def __init__(self, cfg, config, resume=None):
+        self.kind, self.writer, self.writers, self.config = cfg.report_to, None, {}, config
+        self.out_dir, self.resume = cfg.out_dir, resume
+        if self.kind == "wandb":
             import wandb  # optional extra: requirements-tracking.txt
-            id_file = os.path.join(cfg.out_dir, "wandb_run_id.txt")  # a resumed run continues the same W&B run
-            run_id = open(id_file).read().strip() if os.path.exists(id_file) else uuid.uuid4().hex[:8]
+            # W&B records the command line (sys.argv): no credential in it may reach the tracker
+            sys.argv[:] = [redact_url(a) for a in sys.argv]
+            id_file = os.path.join(cfg.out_dir, "wandb_run_id.txt")  # --resume continues the same W&B run
+            run_id = open(id_file).read().strip() if cfg.resume and os.path.exists(id_file) else uuid.uuid4().hex[:8]
             with open(id_file, "w") as f:
                 f.write(run_id)
             self.writer = wandb.init(project=os.environ.get("WANDB_PROJECT", "gad"), id=run_id, resume="allow",
                                      name=os.path.basename(os.path.abspath(cfg.out_dir)), dir=cfg.out_dir,
                                      config=config)
 
+    def tensorboard(self, phase):
+        """One event folder per phase; purge_step hides what an earlier invocation logged from the step redone on."""
+        if phase not in self.writers:
+            from torch.utils.tensorboard import SummaryWriter  # optional extra: requirements-tracking.txt
+            start = self.resume["next_step"] if self.resume and self.resume["phase"] == phase else 0
+            self.writers[phase] = SummaryWriter(os.path.join(self.out_dir, "tensorboard", phase), purge_step=start)
+            text = json.dumps(self.config, indent=2).replace("\n", "\n    ")
+            self.writers[phase].add_text("config", "    " + text)
+        return self.writers[phase]
+
     def log(self, rec):
         values = {f"{rec['stage']}/{k}": v for k, v in rec.items()
                   if k not in ("stage", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.kind == "tensorboard":
+            writer = self.tensorboard("seqkd" if rec["stage"] == "seqkd" else "gad")
             for key, value in values.items():
-                self.writer.add_scalar(key, value, rec["step"])
-            self.writer.flush()
+                writer.add_scalar(key, value, rec["step"])
+            writer.flush()
         elif self.kind == "wandb":
             self.writer.log({**values, f"{rec['stage']}/step": rec["step"]})
 
     def close(self):
+        for writer in self.writers.values():
+            writer.close()
+        self.writers = {}
         if self.writer is not None:
-            self.writer.close() if self.kind == "tensorboard" else self.writer.finish()
+            self.writer.finish()
             self.writer = None
+
+
+def lock_folder(out_dir):
+    """An exclusive lock on out_dir/.lock for this process's life: a second run on the same folder stops at once."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        f = open(os.path.join(out_dir, ".lock"), "a")
+    except OSError as e:
+        raise SystemExit(f"train_gad.py: cannot write to --out-dir {out_dir}: {e.strerror}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise SystemExit(f"train_gad.py: another train_gad.py is running in {out_dir} (it holds {f.name}); wait for it "
+                         "to end, or give this run another --out-dir") from None
+    return f
+
+
+def interrupted():
+    """Ctrl-C: one line, then leave at once (requests in flight are not waited for; everything written is whole)."""
+    sys.stdout.flush()
+    print("\ntrain_gad.py: interrupted. The teacher answers collected so far are cached; rerun the same command "
+          "(with --resume to continue from the last resume point)", file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 # ---------------------------------------------------------------------------- the players' checkpoints
@@ -333,17 +435,28 @@ def student_folder(cfg, log):
     shared = os.path.join(os.path.dirname(os.path.abspath(cfg.out_dir)), ".starting_student", name)
 
     def ready(folder):
-        marker = os.path.join(folder, "world.json")
-        return os.path.exists(marker) and json.load(open(marker)) == spec
+        try:
+            with open(os.path.join(folder, "world.json")) as f:
+                if json.load(f) != spec:
+                    return False
+        except (OSError, ValueError):
+            return False
+        if os.path.exists(os.path.join(folder, "recipe.json")):  # a copy of the shipped student: every file as shipped
+            try:
+                world.shipped_student(folder)
+            except SystemExit as e:
+                log(f"[world] {folder} is not the shipped student any more ({e}); copying it again")
+                return False
+        return True
 
     if ready(path):
         log(f"[world] reusing the pretrained starting student in {path}")
         return path
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    if ready(world.SHIPPED_STUDENT):  # the default start ships with the project (its sha256 is checked)
+    if world.ships(cfg.pretrain_seed, cfg.pretrain_steps, cfg.student_hidden, cfg.student_layers):
+        shutil.copytree(world.shipped_student(), tmp)  # the default start ships with the project (sha256 checked)
         log(f"[world] the shipped starting student ({world.SHIPPED_STUDENT}, sha256 checked)")
-        shutil.copytree(world.shipped_student(), tmp)
     elif ready(shared):
         log(f"[world] copying the pretrained starting student from {shared}")
         shutil.copytree(shared, tmp)

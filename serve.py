@@ -11,7 +11,8 @@ for `hang` seconds), truncated JSON, an empty answer; and "quota" (429 insuffici
 "length" (finish_reason "length").
 It also speaks the Batch API's files and batches endpoints (upload, create, retrieve, output content): a
 batch stays "in_progress" for `batch_polls` retrieves, then completes (or, with `batch_expire`, expires with
-only its first half answered), its answers made by the same respond.
+only its first half answered), its answers made by the same respond. For tests, `poll_failures` makes the next
+retrieves answer 500 and `batch_output` rewrites a finished batch's output lines.
 It only ever binds 127.0.0.1.
 """
 import argparse
@@ -32,6 +33,8 @@ class TeacherServer:
         self.requests, self.served, self.lock = [], 0, threading.Lock()
         self.injected = collections.Counter()  # failures injected so far, by kind
         self.files, self.batches, self.batch_polls, self.batch_expire = {}, {}, 0, False
+        self.poll_failures = 0        # the next this many batch retrieves answer HTTP 500
+        self.batch_output = None      # tests: a function rewriting a finished batch's output lines (list of str)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,6 +63,9 @@ class TeacherServer:
                 with server.lock:
                     server.requests.append({"path": self.path, "body": None, "auth": self.headers.get("Authorization")})
                     if len(parts) >= 2 and parts[-2] == "batches" and parts[-1] in server.batches:
+                        if server.poll_failures > 0:
+                            server.poll_failures -= 1
+                            return self._send(500, {"error": {"message": "injected 500"}})
                         return self._send(200, server.poll_batch(parts[-1]))
                     if parts[-1] == "content" and parts[-2] in server.files:
                         return self._send_bytes(server.files[parts[-2]])
@@ -160,6 +166,7 @@ class TeacherServer:
                 out.append(json.dumps({"id": f"req_{len(out)}", "custom_id": req["custom_id"], "error": None,
                                        "response": {"status_code": 200, "request_id": "r", "body": {
                                            "id": "x", "object": "chat.completion", "choices": choices}}}))
+            out = self.batch_output(out) if self.batch_output else out
             b["output_file_id"] = self.add_file(("\n".join(out) + "\n").encode(), "batch_output")["id"]
             b["status"] = "expired" if self.batch_expire else "completed"
             b["request_counts"]["completed"] = len(out)

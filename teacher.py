@@ -23,6 +23,7 @@ resumes where it stopped. One cache per teacher is shared by every run under the
   - a refusal (finish "refused") and an answer cut off by the teacher's token limit ("length") are
     recorded as such and never asked again; training leaves both out and counts them in the log.
 """
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -85,42 +86,80 @@ def finish_of(finish_reason):
     return {"content_filter": "refused", "length": "length"}.get(finish_reason, "stop")
 
 
+RECORD_START = b'{"key": "'  # how every cache line begins (json.dumps of put's record)
+
+
 class TeacherCache:
     """Append-only JSONL: {"key", "teacher", "messages", "params", "responses", "finish"} per line.
 
     Each line is one write under an exclusive file lock (runs running side by side may share the file),
-    flushed to disk, so a crash loses at most the line being written. On load, a torn last line (a crash
-    mid-write) is cut off the file, so the next append starts on a fresh line and only that one answer is
-    asked again; it is reported once (`torn_lines`)."""
+    flushed to disk, so a crash loses at most the line being written. A torn last line (a crash mid-write,
+    by this run or another) is cut off before the next append, so it never swallows the next record, and
+    only that one answer is asked again; it is reported once (`torn_lines`). A file whose first line is
+    not a cache record (a user's data file given as --teacher-cache) is refused, never changed. A complete
+    cache on a read-only mount is read and used as is; only a missing answer needs the file writable."""
 
     def __init__(self, path, log=None):
-        self.path = path
-        self.entries = {}
-        self.torn_lines = 0
+        self.path, self.log = path, log
+        self.entries, self.torn_lines, self.offset = {}, 0, 0
         self.lock = threading.Lock()
-        if not os.path.exists(path):
+        if os.path.isdir(path):
+            raise TeacherError(f"teacher cache {path}: is a folder, not a cache file")
+        self.refresh()
+        if self.torn_lines and log:
+            log(f"[teacher] {path}: {self.torn_lines} torn line(s) of an interrupted write; "
+                "those answers are asked again")
+
+    def refresh(self):
+        """Read the lines appended since the last read (by this run or by another run sharing the file)."""
+        if not os.path.exists(self.path):
             return
-        with open(path, "rb+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f = open(self.path, "rb+")
+        except OSError:  # a read-only file or mount: read it, change nothing
+            f = open(self.path, "rb")
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX if f.writable() else fcntl.LOCK_SH)  # no append is half-way while we read
+            f.seek(self.offset)
             data = f.read()
             end = data.rfind(b"\n") + 1
-            if end < len(data):  # a torn last line: cut it off, before anything is appended after it
-                f.truncate(end)
+            tail = data[end:]
+            if self.offset == 0 and tail and not _record_start(tail) and not end:
+                raise TeacherError(f"teacher cache {self.path}: not a teacher cache (line 1 is not a cache "
+                                   "record); give --teacher-cache a new path or an existing cache file")
+            if tail and f.writable():  # a torn last line: cut it off, before anything is appended after it
+                f.truncate(self.offset + end)
                 self.torn_lines += 1
-        for line in data[:end].decode("utf-8", errors="replace").splitlines():
+        for i, line in enumerate(data[:end].split(b"\n")[:-1]):
             try:
-                rec = json.loads(line)
+                rec = json.loads(line.decode("utf-8"))
                 self.entries[rec["key"]] = (rec["responses"], rec.get("finish") or
                                             ["refused" if t is None else "stop" for t in rec["responses"]])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                self.torn_lines += 1  # a line torn by an older version, which appended after the fragment
-        if self.torn_lines and log:
-            log(f"[teacher] {path}: cut off {self.torn_lines} torn line(s) of an interrupted write; "
-                "those answers are asked again")
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                if self.offset == 0 and i == 0:
+                    raise TeacherError(f"teacher cache {self.path}: not a teacher cache (line 1 is not a cache "
+                                       "record); give --teacher-cache a new path or an existing cache file") from None
+                self.torn_lines += 1  # a damaged line: its answer is asked again
+        self.offset += end
 
     def get(self, key):
         """(texts, finishes) or None."""
         return self.entries.get(key)
+
+    @contextlib.contextmanager
+    def claimed(self, log=None):
+        """One collection at a time per cache file (path + ".lock"): a run that finds another collecting waits,
+        then re-reads the cache, so runs side by side pay once for each answer."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path + ".lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if log:
+                    log(f"[teacher] another run is collecting into {self.path}: waiting for it, then using its answers")
+                fcntl.flock(f, fcntl.LOCK_EX)
+            self.refresh()
+            yield
 
     def put(self, key, teacher, messages, params, responses, finish):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -128,9 +167,13 @@ class TeacherCache:
                "finish": finish}
         line = (json.dumps(rec) + "\n").encode("utf-8")
         with self.lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a fragment another writer left: cut it off
+                    os.ftruncate(fd, size - len(_last_line(fd, size)))
+                    self.torn_lines += 1
                 os.write(fd, line)
                 os.fsync(fd)
             finally:
@@ -138,16 +181,42 @@ class TeacherCache:
             self.entries[key] = (responses, finish)
 
 
+def _record_start(fragment):
+    """Whether bytes can be the start of a cache line (a torn one)."""
+    return fragment.startswith(RECORD_START) or RECORD_START.startswith(fragment)
+
+
+def _last_line(fd, size, block=1 << 16):
+    """The bytes after the file's last newline."""
+    start = max(0, size - block)
+    while True:
+        data = os.pread(fd, size - start, start)
+        cut = data.rfind(b"\n")
+        if cut >= 0 or start == 0:
+            return data[cut + 1:]
+        start = max(0, start - block)
+
+
 def collect(teacher, prompts, cache, n=1, concurrency=1, log=None):
     """Teacher responses for every prompt: from the cache where present, else asked once and cached.
 
     Up to `concurrency` requests are in flight at once; each answer is cached the moment it arrives, so
-    an interrupted collection loses nothing and a rerun asks only for what is missing -- or empty.
+    an interrupted collection loses nothing and a rerun asks only for what is missing -- or empty. Runs side
+    by side sharing the cache take turns (`TeacherCache.claimed`), so each answer is paid for once.
     Returns (texts: list of n-lists of str or None, finishes: list of n-lists, calls: prompts asked)."""
     params = {**teacher.params, "n": n}
     keys = [cache_key(teacher.name, m, params) for m in prompts]
-    missing = to_ask(cache, keys)
     by_key = dict(zip(keys, prompts))
+    missing = to_ask(cache, keys)
+    if missing:  # nothing is written (or locked) when the cache already holds every answer
+        with cache.claimed(log):  # another run collecting into this cache finishes first; then only what it left
+            missing = to_ask(cache, keys)
+            _ask_all(teacher, missing, by_key, params, cache, concurrency, log)
+    return [cache.get(k)[0] for k in keys], [cache.get(k)[1] for k in keys], len(missing)
+
+
+def _ask_all(teacher, missing, by_key, params, cache, concurrency, log):
+    n = params["n"]
 
     def ask(key):
         for _ in range(1 + EMPTY_RETRIES):
@@ -157,19 +226,16 @@ def collect(teacher, prompts, cache, n=1, concurrency=1, log=None):
         cache.put(key, teacher.name, by_key[key], params, texts, finish)
 
     t0, done = time.time(), 0
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = [pool.submit(ask, k) for k in missing]
-        try:
-            for fut in as_completed(futures):
-                fut.result()  # re-raises a TeacherError: the run stops with a clear message
-                done += 1
-                if log and (done % 100 == 0 or done == len(missing)):
-                    log(f"[teacher] {done}/{len(missing)} collected ({time.time() - t0:.0f} s)")
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    return [cache.get(k)[0] for k in keys], [cache.get(k)[1] for k in keys], len(missing)
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    futures = [pool.submit(ask, k) for k in missing]
+    try:
+        for fut in as_completed(futures):
+            fut.result()  # re-raises a TeacherError: the run stops with a clear message
+            done += 1
+            if log and (done % 100 == 0 or done == len(missing)):
+                log(f"[teacher] {done}/{len(missing)} collected ({time.time() - t0:.0f} s)")
+    finally:  # on an error or Ctrl-C: nothing new starts, and nobody waits for the requests in flight
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 class TeacherError(RuntimeError):
@@ -251,6 +317,8 @@ class OpenAITeacher:
                 if e.status_code not in self.RETRYABLE or code == "insufficient_quota":  # quota: retrying won't help
                     raise TeacherError(_scrub(f"teacher {self.name}: HTTP {e.status_code}: {e.message}")) from None
                 wait, why = _retry_after(e.response) or self.backoff * 2 ** attempt, f"HTTP {e.status_code}"
+            except UnicodeError as e:  # text no request can carry (a lone surrogate): retrying cannot help
+                raise TeacherError(f"teacher {self.name}: the prompt cannot be sent ({e.reason})") from None
             except (openai.APITimeoutError, openai.APIConnectionError, openai.APIResponseValidationError,
                     ValueError) as e:
                 wait, why = self.backoff * 2 ** attempt, type(e).__name__
@@ -294,8 +362,8 @@ class HFTeacher:
 
 
 def make_teacher(spec, seed=0, base_url=None, system_prompt=None, temperature=1.0, max_tokens=1024, timeout=120.0,
-                 trust_remote_code=False, log=print):
-    """'embedded' | 'openai:MODEL' | 'hf:PATH' -> a teacher object."""
+                 trust_remote_code=False, log=print, flag="--teacher"):
+    """'embedded' | 'openai:MODEL' | 'hf:PATH' -> a teacher object (errors name `flag`, e.g. eval.py's --judge)."""
     if spec == "embedded":
         return EmbeddedTeacher(seed=seed)
     if spec.startswith("openai:") and len(spec) > 7:
@@ -303,10 +371,10 @@ def make_teacher(spec, seed=0, base_url=None, system_prompt=None, temperature=1.
                              max_tokens=max_tokens, timeout=timeout, log=log)
     if spec.startswith("hf:") and len(spec) > 3:
         if not os.path.isdir(spec[3:]):
-            raise TeacherError(f"--teacher {spec}: model folder not found: {spec[3:]}")
+            raise TeacherError(f"{flag} {spec}: model folder not found: {spec[3:]}")
         return HFTeacher(spec[3:], system_prompt=system_prompt, temperature=temperature,
                          max_new_tokens=max_tokens, trust_remote_code=trust_remote_code)
-    raise TeacherError(f"--teacher {spec!r}: expected embedded, openai:MODEL or hf:PATH")
+    raise TeacherError(f"{flag} {spec!r}: expected embedded, openai:MODEL or hf:PATH")
 
 
 def trainable(finishes, texts, log):

@@ -41,7 +41,10 @@ def collect_batch(teacher, prompts, cache, state_path, log, poll_seconds=30.0):
 def _collect_batch(teacher, prompts, cache, state_path, log, poll_seconds):
     params = {**teacher.params, "n": 1}
     by_key = {cache_key(teacher.name, m, params): m for m in prompts}
-    state = json.load(open(state_path)) if os.path.exists(state_path) else None
+    try:
+        state = json.load(open(state_path)) if os.path.exists(state_path) else None
+    except (OSError, ValueError):
+        raise TeacherError(f"{state_path}: cannot be read (damaged?); remove it to submit a new batch") from None
     if state and state["teacher"] != teacher.name:
         raise SystemExit(f"train_gad.py: {state_path} holds a batch for {state['teacher']}, not {teacher.name}; "
                          "remove the file to submit a new batch")
@@ -53,8 +56,8 @@ def _collect_batch(teacher, prompts, cache, state_path, log, poll_seconds):
         log(f"[teacher] submitted batch {state['batch_id']}: {len(missing)} requests (recorded in {state_path})")
     else:
         log(f"[teacher] resuming batch {state['batch_id']} from {state_path}: nothing new is submitted")
-    batch = wait(teacher.client, state["batch_id"], len(state["keys"]), poll_seconds, log)
-    stored = store(teacher, batch, cache, by_key, params)
+    batch = wait(teacher, state["batch_id"], len(state["keys"]), poll_seconds, log, state_path)
+    stored = store(teacher, batch, cache, by_key, params, log)
     log(f"[teacher] batch {batch.id} {batch.status}: {stored} of {len(state['keys'])} answers stored in the cache"
         + ("; the rest is asked live" if stored < len(state["keys"]) else ""))
     os.remove(state_path)
@@ -85,11 +88,29 @@ def submit(teacher, keys, by_key, state_path):
     return state
 
 
-def wait(client, batch_id, total, poll_seconds, log):
-    """Poll until the batch is done; a progress bar of the requests answered so far."""
+def wait(teacher, batch_id, total, poll_seconds, log, state_path="teacher_batch.json"):
+    """Poll until the batch is done; a progress bar of the requests answered so far. A transient failure of a look
+    (429, 5xx, a timeout, a dropped connection) is retried with backoff (the teacher's retry budget, counted anew
+    after each good look): a run that has waited hours does not end on one bad answer."""
+    failures = 0
     with tqdm(total=total, desc=f"batch {batch_id}", disable=None) as bar:
         while True:
-            batch = client.batches.retrieve(batch_id)
+            try:
+                batch = teacher.client.batches.retrieve(batch_id)
+                failures = 0
+            except openai.NotFoundError:
+                raise TeacherError(f"teacher {teacher.name}: batch {batch_id} (recorded in {state_path}) is not known "
+                                   f"to this endpoint (404); remove {state_path} to submit a new batch") from None
+            except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
+                    openai.InternalServerError) as e:
+                failures += 1
+                if failures > teacher.max_retries:
+                    raise
+                pause = min(teacher.backoff * 2 ** failures, teacher.max_backoff)
+                log(f"[teacher] batch {batch_id}: {type(e).__name__} while polling; look {failures}/"
+                    f"{teacher.max_retries} again in {pause:.1f} s")
+                time.sleep(pause)
+                continue
             counts = batch.request_counts
             if counts is not None:
                 bar.n = counts.completed + counts.failed
@@ -99,21 +120,42 @@ def wait(client, batch_id, total, poll_seconds, log):
             time.sleep(poll_seconds)
 
 
-def store(teacher, batch, cache, by_key, params):
-    """The output file's answers into the cache (refusals and cut-off answers too, marked as such)."""
+def store(teacher, batch, cache, by_key, params, log=print):
+    """The output file's answers into the cache (refusals and cut-off answers too, marked as such). An item that
+    cannot be read (malformed line, no choices, no body, content not text) is logged and left to the live path;
+    every answer that parses is kept (it is paid for). Returns how many distinct prompts got an answer."""
     if not batch.output_file_id:
         return 0
-    stored = 0
-    for line in teacher.client.files.content(batch.output_file_id).text.splitlines():
-        item = json.loads(line) if line.strip() else {}
-        response, key = item.get("response") or {}, item.get("custom_id")
-        if key not in by_key or response.get("status_code") != 200:
+    stored, bad = set(), 0
+    for line in teacher.client.files.content(batch.output_file_id).text.split("\n"):  # "\n" only: an answer may
+        if not line.strip():                                                          # hold U+2028 and the like
             continue
-        choice = response["body"]["choices"][0]
-        finish = finish_of(choice.get("finish_reason"))
-        text = None if finish == "refused" else (choice.get("message") or {}).get("content") or ""
-        if is_empty(text):
-            continue  # an empty answer is asked again live, as collect does
+        try:
+            item = parse_item(json.loads(line))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            bad += 1
+            continue
+        if item is None:  # a failed request: asked live
+            continue
+        key, text, finish = item
+        if key not in by_key or key in stored or is_empty(text):
+            continue  # another run's item, a repeated one, or an empty answer (asked again live, as collect does)
         cache.put(key, teacher.name, by_key[key], params, [text], [finish])
-        stored += 1
-    return stored
+        stored.add(key)
+    if bad:
+        log(f"[teacher] batch {batch.id}: {bad} output line(s) could not be read; those prompts are asked live")
+    return len(stored)
+
+
+def parse_item(item):
+    """(custom_id, text or None for a refusal, finish) of one output line, None for a request that failed; ValueError
+    (or a lookup error) if the line is not a chat completion with text."""
+    response = item.get("response") or {}
+    if response.get("status_code") != 200:
+        return None
+    choice = response["body"]["choices"][0]
+    finish = finish_of(choice.get("finish_reason"))
+    text = None if finish == "refused" else (choice.get("message") or {}).get("content") or ""
+    if not (text is None or isinstance(text, str)) or not isinstance(item["custom_id"], str):
+        raise ValueError("content is not text")
+    return item["custom_id"], text, finish

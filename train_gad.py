@@ -26,7 +26,8 @@ import checkpoint
 import parallel
 import run
 import world
-from data import Data, DataError, fixed_subset, micro_batches, read_training_file, rows, student_batch
+from data import (Data, DataError, fixed_subset, micro_batches, read_training_file, rows, student_batch,
+                  within_prompt_len)
 from discriminator import bce_loss, bt_loss
 from generator import (group_advantages, masked_mean, policy_loss, response_tokens, reward_metrics, sample,
                        sample_metrics, sft_loss, to, token_logprobs)
@@ -107,15 +108,16 @@ def parse_args(argv=None):  # the flags of CONFIG, each checked (run.py)
 
 
 # ---------------------------------------------------------------------------- stage 0: data and teacher answers
-def teacher_pairs(cfg, records, log):
-    """(prompts, teacher texts): from --teacher-data, or by asking the teacher (cached). Empty, refused and
-    cut-off answers are left out, with a count in the log."""
+def teacher_pairs(cfg, records, tok, log):
+    """(prompts, teacher texts): from --teacher-data, or by asking the teacher (cached). Prompts over
+    --max-prompt-len are left out before anything is asked; empty, refused and cut-off answers after, each with
+    a count in the log."""
     if cfg.teacher_data:
         records = fixed_subset(records, cfg.train_prompts, log)
         log(f"[teacher] {len(records)} pre-collected responses from {cfg.teacher_data}; no teacher calls")
         return [r["messages"] for r in records], [r["teacher_response"] for r in records]
     prompts = [r["messages"] for r in records] if records else world.prompts("train")
-    prompts = fixed_subset(prompts, cfg.train_prompts, log)
+    prompts = within_prompt_len(fixed_subset(prompts, cfg.train_prompts, log), tok, cfg.max_prompt_len, log)
     try:
         teacher = make_teacher(cfg.teacher, seed=cfg.seed, base_url=cfg.teacher_base_url or None,
                                system_prompt=cfg.teacher_system_prompt or None, temperature=cfg.teacher_temperature,
@@ -285,33 +287,38 @@ def adamw(model, lr, cfg):
 # ---------------------------------------------------------------------------- main
 def main(argv=None):
     cfg, t_start = parse_args(argv), time.time()
-    log = parallel.init(cfg.batch_prompts, tqdm.write)  # under torchrun: join the others; rank 0 logs
+    log = parallel.init(vars(cfg), tqdm.write)      # under torchrun: join the others (same flags?); rank 0 logs
     torch.manual_seed(cfg.seed)
-    r = run.Run(cfg, log)                              # the run folder: same flags on --resume? which phases are left?
-    try:                                               # stage 0: every check before anything is loaded or paid for
-        records = read_training_file(cfg.teacher_data or cfg.prompts, bool(cfg.teacher_data), cfg.batch_prompts, log)
-    except DataError as e:
-        raise SystemExit(f"train_gad.py: {e}")
-    with parallel.main_first():                        # under torchrun: the others then read rank 0's caches
-        student, tok = run.starting_student(cfg, log)
-        pairs = teacher_pairs(cfg, records, log)
-    data = Data(tok, *pairs, cfg, log)
-    for phase, resume in r.start():                    # config.json is written now: the run really starts
-        torch.manual_seed(cfg.seed)
-        data.restart()
-        at = resume["dir"] if resume else cfg.init_from if phase == "gad" else ""  # a folder to start from, if any
-        G = run.load_generator(os.path.join(at, "generator") if at else student, cfg)
-        if phase == "gad":
-            D = run.load_discriminator(cfg.frozen_d or (os.path.join(at, "discriminator") if at else student), cfg)
-            parallel.seed(cfg.seed)                    # under torchrun: each process samples its own stream
-            train_gad(G, D, tok, data, cfg, r, resume)
-        else:
-            train_seqkd(G, tok, data, cfg, r, resume)
-        r.finish(phase)
-    run.evaluate(cfg, log)
-    log(f"[done] {time.time() - t_start:.0f} s; everything is in {cfg.out_dir}")
+    with parallel.together(lambda: run.Run(cfg, log)) as r:  # the run folder, locked: same flags on --resume?
+        try:                                        # stage 0: every check before anything is loaded or paid for
+            records = read_training_file(cfg.teacher_data or cfg.prompts, bool(cfg.teacher_data), cfg.batch_prompts,
+                                         log)
+        except DataError as e:
+            raise SystemExit(f"train_gad.py: {e}")
+        # under torchrun rank 0 alone makes the student and asks the teacher; every rank trains on its data
+        student, tok = parallel.from_main(lambda: run.starting_student(cfg, log))
+        pairs = parallel.from_main(lambda: teacher_pairs(cfg, records, tok, log))
+        data = Data(tok, *pairs, cfg, log)
+        for phase, resume in r.start():             # config.json is written now: the run really starts
+            torch.manual_seed(cfg.seed)
+            data.restart()
+            at = resume["dir"] if resume else cfg.init_from if phase == "gad" else ""  # a folder to start from
+            G = run.load_generator(os.path.join(at, "generator") if at else student, cfg)
+            if phase == "gad":
+                D = run.load_discriminator(cfg.frozen_d or (os.path.join(at, "discriminator") if at else student),
+                                           cfg)
+                parallel.seed(cfg.seed)             # under torchrun: each process samples its own stream
+                train_gad(G, D, tok, data, cfg, r, resume)
+            else:
+                train_seqkd(G, tok, data, cfg, r, resume)
+            r.finish(phase)
+        run.evaluate(cfg, log)
+        log(f"[done] {time.time() - t_start:.0f} s; everything is in {cfg.out_dir}")
     parallel.finish()
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, no wait for teacher requests in flight
+        run.interrupted()

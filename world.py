@@ -274,7 +274,7 @@ def build_student(out_dir, seed=0, steps=800, batch_size=64, lr=2e-3, hidden=128
 # ---------------------------------------------------------------------------- the shipped starting student
 # The default run's starting student (pretrain seed 0, 800 steps, hidden 128, 3 layers, the default world) ships
 # with the project in embedded_student/, so a first run does not spend minutes pretraining it. recipe.json says
-# how it was made (student_recipe) and the sha256 of its weights, checked before every use.
+# how it was made (student_recipe) and the sha256 of every file, checked before every use (and in each run's copy).
 SHIPPED_STUDENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_student")
 
 
@@ -302,17 +302,40 @@ def file_sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def shipped_student():
-    """The shipped folder, after checking its weights against recipe.json's sha256 (a one-line error if not)."""
-    weights, recipe = os.path.join(SHIPPED_STUDENT, "model.safetensors"), os.path.join(SHIPPED_STUDENT, "recipe.json")
-    if not (os.path.exists(weights) and os.path.exists(recipe)):
-        raise SystemExit(f"world.py: {SHIPPED_STUDENT} is incomplete (model.safetensors, recipe.json); restore it "
-                         "with git checkout, or rebuild it with python world.py --rebuild")
-    expected, got = json.load(open(recipe))["model_sha256"], file_sha256(weights)
-    if got != expected:
-        raise SystemExit(f"world.py: {weights}: sha256 {got[:16]}... is not recipe.json's {expected[:16]}... "
-                         "(a damaged or Git LFS pointer file?); restore it, or rebuild with python world.py --rebuild")
-    return SHIPPED_STUDENT
+def ships(seed, steps, hidden, layers):
+    """Whether the starting student of these pretraining settings is the one that ships (the default world's)."""
+    return ACTIVE["world"] == "default" and (seed, steps, hidden, layers) == (0, 800, 128, 3)
+
+
+def shipped_student(folder=None):
+    """The shipped folder (or a copy of it), after checking every file it holds against recipe.json's sha256s: the
+    weights, the model's config, the tokenizer, the marker (a one-line error naming the file if not)."""
+    folder = folder or SHIPPED_STUDENT
+    fix = "restore it with git checkout, or rebuild it with python world.py --rebuild"
+    recipe = os.path.join(folder, "recipe.json")
+    try:
+        with open(recipe) as f:
+            expected = json.load(f)["files_sha256"]
+        names = sorted(expected.items())
+    except FileNotFoundError:
+        raise SystemExit(f"world.py: {folder} is incomplete (no recipe.json); {fix}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise SystemExit(f"world.py: {recipe} is damaged (no readable files_sha256); {fix}") from None
+    for name, sha in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise SystemExit(f"world.py: {path} is missing; {fix}")
+        got = file_sha256(path)
+        if got != sha:
+            raise SystemExit(f"world.py: {path}: sha256 {got[:16]}... is not recipe.json's {str(sha)[:16]}... "
+                             f"(a damaged or Git LFS pointer file?); {fix}")
+    return folder
+
+
+def files_sha256(folder):
+    """{file name: sha256} of every file of a student folder but recipe.json (which holds this)."""
+    return {name: file_sha256(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+            if name != "recipe.json" and os.path.isfile(os.path.join(folder, name))}
 
 
 def rebuild(out_dir=SHIPPED_STUDENT, steps=800, log=print):
@@ -323,8 +346,7 @@ def rebuild(out_dir=SHIPPED_STUDENT, steps=800, log=print):
     with open(os.path.join(tmp, "world.json"), "w") as f:  # the marker run.student_folder reads
         json.dump(student_spec(0, steps)[0], f)
     with open(os.path.join(tmp, "recipe.json"), "w") as f:
-        json.dump({"recipe": student_recipe(steps=steps),
-                   "model_sha256": file_sha256(os.path.join(tmp, "model.safetensors"))}, f, indent=2)
+        json.dump({"recipe": student_recipe(steps=steps), "files_sha256": files_sha256(tmp)}, f, indent=2)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir

@@ -1,5 +1,6 @@
 """data.py: the paper's file format, and one clear error line (file, row, field) for each kind of bad input."""
 import json
+import re
 
 import pytest
 
@@ -85,3 +86,15 @@ def test_duplicate_prompts_are_counted(tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "a"},
                                            {"content": [{"role": "user", "content": "a"}]}])
     assert data.duplicate_prompts(data.load_records(p)) == 2
+
+
+def test_a_lone_surrogate_is_refused_when_the_file_is_read(tmp_path):
+    """JSON may spell a lone surrogate ("\\ud800"); no request can carry it, so it is refused here, not retried."""
+    for row, field in (('{"prompt": "tell me about \\ud800 cats ."}', "field 'prompt'"),
+                       ('{"content": [{"role": "user", "content": "hi \\udfff"}]}', "field 'content'[0].content"),
+                       ('{"prompt": "hi", "teacher_response": "ok \\ud83d"}', "field 'teacher_response'")):
+        p = tmp_path / "bad.jsonl"
+        p.write_text('{"prompt": "fine"}\n' + row + "\n")
+        with pytest.raises(data.DataError,
+                           match=rf"bad.jsonl: row 2: {re.escape(field)}: character \d+ is not valid Unicode"):
+            data.load_records(str(p))

@@ -151,3 +151,43 @@ def test_resume_point_of_another_process_count_is_refused(tmp_path, monkeypatch)
     torch.save({"processes": 2}, tmp_path / "p" / "state.pt")
     with pytest.raises(SystemExit, match="written by 2 processes; resume it with as many .this run has 1."):
         checkpoint.restore_state({"dir": str(tmp_path / "p")}, None)
+
+
+# ---------------------------------------------------------------------------- ranks that must agree (audit 3)
+def test_every_rank_trains_on_rank_0s_answers_and_only_rank_0_pays(tiny_dir, tmp_path):
+    """Five prompts get an empty answer three times (recorded as empty, asked again only by a later run); the fourth
+    ask would answer. Rank 0 alone asks: 40 + 5 x 2 calls, and rank 1 does not ask those five again."""
+    import teacher as T
+    import world
+    from serve import TeacherServer
+    prompts = world.prompts("train")[:40]
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"content": m}) + "\n" for m in prompts))
+    flaky, calls, embedded = [json.dumps(m) for m in prompts[:5]], {}, T.EmbeddedTeacher(seed=0)
+
+    def respond(messages, n):
+        key = json.dumps(messages)
+        calls[key] = calls.get(key, 0) + 1
+        return [""] * n if key in flaky and calls[key] <= 3 else embedded.respond(messages, n)
+    with TeacherServer(respond) as server:
+        p = subprocess.run(TORCHRUN + ["train_gad.py", "--student", tiny_dir, "--teacher", "openai:m",
+                                       "--teacher-base-url", server.url, "--prompts", str(f), "--mode", "gad",
+                                       "--out-dir", str(tmp_path / "run"), *RUN],
+                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert server.served == 40 + 5 * 2
+    assert "5 of 40 answers empty" in p.stdout + p.stderr
+
+
+RANKED = "import os, sys\nsys.path.insert(0, {root!r})\nimport train_gad\n" \
+         "train_gad.main(sys.argv[1:] + ['--seed', os.environ['RANK']])\n"
+
+
+def test_ranks_started_with_other_flags_stop_in_one_line_instead_of_hanging(tiny_dir, tmp_path):
+    script = tmp_path / "ranked.py"
+    script.write_text(RANKED.format(root=ROOT))
+    p = subprocess.run(TORCHRUN + [str(script), "--student", tiny_dir, "--out-dir", str(tmp_path / "run"), *RUN],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert p.returncode != 0
+    assert "torchrun process 1 has other flags than process 0 (--seed 0 -> 1)" in p.stderr
+    assert not os.path.exists(tmp_path / "run" / "config.json")

@@ -121,7 +121,7 @@ def test_refusals_and_cut_off_answers_are_recorded_never_asked_again_and_not_tra
                                 "--batch-prompts", "2"])
     logs = []
     records = data_mod.read_training_file(cfg.prompts, False, cfg.batch_prompts, logs.append)
-    kept_prompts, kept_texts = train_gad.teacher_pairs(cfg, records, logs.append)
+    kept_prompts, kept_texts = train_gad.teacher_pairs(cfg, records, world.build_tokenizer(), logs.append)
     assert kept_prompts == prompts[2:] and "cats are" not in kept_texts
     assert any("1 of 5 answers refused" in x for x in logs)
     assert any("1 of 5 answers cut off at the teacher's token limit" in x for x in logs)
@@ -149,3 +149,152 @@ def test_endpoint_names_are_normalised_and_never_hold_credentials(monkeypatch):
     assert T.endpoint(None) == ("http://127.0.0.1:9999/v1/", "http://127.0.0.1:9999/v1")
     assert T.OpenAITeacher("m").name == "openai:m@http://127.0.0.1:9999/v1"    # the client's own variable
     assert T.OpenAITeacher("m").client.base_url.host == "127.0.0.1"
+
+
+# ---------------------------------------------------------------------------- the shared cache under stress (audit 3)
+SIDE_BY_SIDE = """
+import pathlib, sys
+import teacher as T, world
+pathlib.Path(sys.argv[2]).touch()                       # this run has started
+t = T.OpenAITeacher("m", base_url=sys.argv[1], backoff=0.001, log=lambda *a: None)
+print("CALLS", T.collect(t, world.prompts("train")[:200], T.TeacherCache(sys.argv[3]), concurrency=4)[2])
+"""
+
+
+def test_two_runs_side_by_side_on_one_cache_pay_once_for_each_answer(tmp_path):
+    """Two processes collect the same 200 prompts into one cache at the same time (the server holds every answer
+    until both have started): 200 answers are paid for, not 400."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from serve import TeacherServer
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    started = [tmp_path / "a.started", tmp_path / "b.started"]
+    embedded = T.EmbeddedTeacher(seed=0)
+
+    def respond(messages, n):
+        deadline = time.time() + 60
+        while not all(p.exists() for p in started) and time.time() < deadline:
+            time.sleep(0.01)
+        return embedded.respond(messages, n)
+
+    with TeacherServer(respond) as server:
+        procs = [subprocess.Popen([sys.executable, "-c", SIDE_BY_SIDE, server.url, str(s), str(tmp_path / "c.jsonl")],
+                                  cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for s in started]
+        outs = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    calls = sorted(int(o.split("CALLS ")[1]) for o, _ in outs)
+    assert server.served == 200 and calls == [0, 200]
+    assert len(open(tmp_path / "c.jsonl").read().split("\n")) == 201
+
+
+def test_a_file_that_is_not_a_cache_is_refused_and_left_unchanged(tmp_path):
+    import pytest
+    for text in ('{"prompt": "tell me about cats ."}\n{"prompt": "describe dogs ."}',   # no final newline
+                 '{"prompt": "tell me about cats ."}'):
+        path = tmp_path / "data.jsonl"
+        path.write_text(text)
+        with pytest.raises(T.TeacherError, match="not a teacher cache"):
+            T.TeacherCache(str(path))
+        assert path.read_text() == text
+
+
+def test_a_fragment_another_writer_left_costs_only_its_own_line(tmp_path):
+    """Run A has the cache open; run B is killed mid-write, leaving a fragment; A's next answer is not glued to it."""
+    prompts = world.prompts("train")[:4]
+    path = tmp_path / "cache.jsonl"
+    cache = T.TeacherCache(str(path))
+    T.collect(CountingTeacher(), prompts[:3], cache)
+    with open(path, "a") as f:
+        f.write('{"key": "0123", "teacher": "embedded:wor')               # B's torn write
+    T.collect(CountingTeacher(), prompts, cache)                          # A appends the 4th answer
+    again = T.TeacherCache(str(path))
+    assert again.torn_lines == 0 and len(again.entries) == 4
+    t = CountingTeacher()
+    T.collect(t, prompts, again)
+    assert t.calls == 0
+
+
+def test_a_complete_cache_on_a_read_only_mount_is_used_as_is(tmp_path, monkeypatch):
+    import builtins
+    import errno
+    import os
+    import pytest
+    prompts = world.prompts("train")[:5]
+    path = str(tmp_path / "cache.jsonl")
+    first, _, _ = T.collect(CountingTeacher(), prompts, T.TeacherCache(path))
+    real_open, real_os_open = builtins.open, os.open
+
+    def read_only(error):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), error)
+
+    def ro_open(file, mode="r", *a, **k):  # root ignores chmod: a read-only mount is simulated
+        return read_only(file) if str(file).startswith(str(tmp_path)) and set(mode) & set("wa+") else \
+            real_open(file, mode, *a, **k)
+
+    def ro_os_open(file, flags, *a, **k):
+        return read_only(file) if str(file).startswith(str(tmp_path)) and flags & (os.O_WRONLY | os.O_RDWR) else \
+            real_os_open(file, flags, *a, **k)
+    monkeypatch.setattr(builtins, "open", ro_open)
+    monkeypatch.setattr(os, "open", ro_os_open)
+    t = CountingTeacher()
+    texts, _, calls = T.collect(t, prompts, T.TeacherCache(path))
+    assert texts == first and calls == 0 and t.calls == 0
+    with pytest.raises(OSError):                                          # a missing answer does need the file
+        T.collect(t, world.prompts("train")[:6], T.TeacherCache(path))
+
+
+def test_prompts_over_max_prompt_len_are_never_sent_to_the_teacher(tmp_path):
+    import train_gad
+    from generator import prompt_ids
+    from serve import TeacherServer
+    tok = world.build_tokenizer()
+    prompts = world.prompts("train")[:40]
+    lengths = sorted(len(prompt_ids(tok, m)) for m in prompts)
+    limit = lengths[len(lengths) // 2]
+    short = [m for m in prompts if len(prompt_ids(tok, m)) <= limit]
+    assert 0 < len(short) < len(prompts)
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"content": m}) + "\n" for m in prompts))
+    embedded = T.EmbeddedTeacher(seed=0)
+    with TeacherServer(embedded.respond) as server:
+        cfg = train_gad.parse_args(["--prompts", str(f), "--teacher", "openai:m", "--teacher-base-url", server.url,
+                                    "--out-dir", str(tmp_path / "run"), "--max-prompt-len", str(limit),
+                                    "--batch-prompts", "2"])
+        logs = []
+        records = data_mod.read_training_file(cfg.prompts, False, cfg.batch_prompts, logs.append)
+        kept, _ = train_gad.teacher_pairs(cfg, records, tok, logs.append)
+    assert server.served == len(short) and kept == short
+    assert any(f"skipped {len(prompts) - len(short)} of 40 prompts" in x for x in logs)
+
+
+def test_ctrl_c_during_collection_stops_at_once_in_one_line(tiny_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from serve import TeacherServer
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"content": m}) + "\n" for m in world.prompts("train")[:20]))
+
+    def respond(messages, n):  # a slow teacher: every answer takes a minute
+        time.sleep(60)
+        return ["x"] * n
+    with TeacherServer(respond) as server:
+        proc = subprocess.Popen([sys.executable, "train_gad.py", "--student", tiny_dir, "--teacher", "openai:m",
+                                 "--teacher-base-url", server.url, "--prompts", str(f), "--batch-prompts", "2",
+                                 "--out-dir", str(tmp_path / "run")], cwd=root, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not server.requests and time.time() < deadline:
+            time.sleep(0.05)
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        waited = time.time() - t0
+    assert proc.returncode == 130 and waited < 20, (proc.returncode, waited)
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("train_gad.py: interrupted")

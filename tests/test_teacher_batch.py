@@ -39,7 +39,7 @@ def collect(server, out, prompts_file, cache):
                                 "--teacher-cache", cache])
     os.makedirs(out, exist_ok=True)
     records = train_gad.read_training_file(prompts_file, False, cfg.batch_prompts, print)
-    return train_gad.teacher_pairs(cfg, records, print)
+    return train_gad.teacher_pairs(cfg, records, world.build_tokenizer(), print)
 
 
 def test_every_answer_lands_in_the_cache_once_through_one_batch(tmp_path, prompts_file):
@@ -98,3 +98,62 @@ def test_teacher_batch_needs_an_openai_teacher(capsys):
     with pytest.raises(SystemExit):
         train_gad.parse_args(["--teacher-batch"])
     assert "--teacher-batch needs an openai:MODEL teacher" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- a provider's bad days (audit 3)
+def output_item(custom_id, body):
+    return json.dumps({"id": "req", "custom_id": custom_id, "error": None,
+                       "response": {"status_code": 200, "request_id": "r", "body": body}}, ensure_ascii=False)
+
+
+def test_bad_output_items_are_asked_live_and_every_good_answer_is_kept(tmp_path, prompts_file):
+    """A malformed line, `choices: []`, `body: null`, content that is not text, an answer holding a raw U+2028,
+    U+2029 or U+0085 (which str.splitlines would cut), and repeated items: no traceback, the state file goes, the
+    readable answers are stored once, the rest asked live."""
+    embedded, cache, logs = T.EmbeddedTeacher(seed=0), str(tmp_path / "cache.jsonl"), []
+
+    def damage(lines):
+        items = [json.loads(x) for x in lines]
+        ids = [it["custom_id"] for it in items]
+        bad = [lines[0][:40],                                                    # a malformed line
+               output_item(ids[1], {"choices": []}), output_item(ids[2], None),
+               output_item(ids[3], {"choices": [{"message": {"content": 17}, "finish_reason": "stop"}]})]
+        odd = [output_item(ids[4 + i], {"choices": [{"message": {"content": f"cats are {c} ."},
+                                                     "finish_reason": "stop"}]}) for i, c in
+               enumerate(["\u2028", "\u2029", "\u0085"])]
+        return bad + odd + lines[7:] + lines[7:12]                               # 5 items repeated
+
+    with TeacherServer(embedded.answer) as server:
+        server.batch_output = damage
+        cfg = train_gad.parse_args(["--teacher", "openai:m", "--teacher-base-url", server.url, "--teacher-batch",
+                                    "--teacher-batch-poll", "0.01", "--out-dir", str(tmp_path / "run"),
+                                    "--prompts", prompts_file, "--teacher-cache", cache])
+        os.makedirs(cfg.out_dir)
+        records = train_gad.read_training_file(prompts_file, False, cfg.batch_prompts, logs.append)
+        prompts, texts = train_gad.teacher_pairs(cfg, records, world.build_tokenizer(), logs.append)
+        assert served(server, "/chat/completions") == 4                          # the four unreadable items
+    assert not os.path.exists(tmp_path / "run" / "teacher_batch.json")
+    assert len(texts) == N and texts[4:7] == ["cats are \u2028 .", "cats are \u2029 .", "cats are \u0085 ."]
+    assert len(cache_lines(cache)) == N
+    assert any(f"{N - 4} of {N} answers stored" in x for x in logs) and any("1 output line(s)" in x for x in logs)
+
+
+def test_a_transient_error_while_polling_is_retried(tmp_path, prompts_file):
+    embedded, cache = T.EmbeddedTeacher(seed=0), str(tmp_path / "cache.jsonl")
+    with TeacherServer(embedded.answer) as server:
+        server.batch_polls, server.poll_failures = 2, 3                         # three 500s among the looks
+        prompts, texts = collect(server, str(tmp_path / "run"), prompts_file, cache)
+        assert server.poll_failures == 0 and served(server, "/chat/completions") == 0
+    assert len(texts) == N
+
+
+def test_a_stale_batch_state_names_its_remedy(tmp_path, prompts_file):
+    embedded, cache, out = T.EmbeddedTeacher(seed=0), str(tmp_path / "cache.jsonl"), tmp_path / "run"
+    os.makedirs(out)
+    with TeacherServer(embedded.answer) as server:
+        name = T.OpenAITeacher("m", base_url=server.url).name
+        (out / "teacher_batch.json").write_text(json.dumps({"batch_id": "batch_gone", "input_file_id": "file-9",
+                                                            "teacher": name, "keys": ["k"]}))
+        with pytest.raises(SystemExit, match=r"batch_gone .* not known to this endpoint \(404\); remove .*"
+                                             r"teacher_batch.json to submit a new batch"):
+            collect(server, str(out), prompts_file, cache)

@@ -19,14 +19,15 @@ def test_tensorboard_event_file_holds_every_logged_scalar(tiny_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out = str(tmp_path / "run")
     train_gad.main(["--student", tiny_dir, "--out-dir", out, "--report-to", "tensorboard", *RUN])
-    events = EventAccumulator(os.path.join(out, "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    events = {phase: EventAccumulator(os.path.join(out, "tensorboard", phase), size_guidance={"scalars": 0}).Reload()
+              for phase in ("gad", "seqkd")}                # one event folder per phase
     expected = [(f"{r['stage']}/{k}", r["step"], v) for r in records(out) for k, v in r.items()
                 if k not in ("stage", "step") and isinstance(v, (int, float))]
     assert len(expected) > 40 and {"gad/d_acc", "seqkd/sft_loss", "warmup/d_loss"} <= {k for k, _, _ in expected}
     for key, step, value in expected:
-        logged = {e.step: e.value for e in events.Scalars(key)}
+        logged = {e.step: e.value for e in events["seqkd" if key.startswith("seqkd/") else "gad"].Scalars(key)}
         assert logged[step] == pytest.approx(value, rel=1e-6, abs=1e-6), (key, step)
-    assert "config" in "".join(events.Tags()["tensors"])   # the run's config, as text
+    assert all("config" in "".join(e.Tags()["tensors"]) for e in events.values())   # the run's config, as text
 
 
 def test_wandb_offline_writes_its_run_folder(tiny_dir, tmp_path, monkeypatch):

@@ -115,6 +115,43 @@ def test_a_damaged_shipped_student_is_refused_in_one_line(tmp_path, monkeypatch)
         world.shipped_student()
 
 
+@pytest.mark.parametrize("damage, needle", [
+    (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"rms_norm_eps": 1e-06',
+                                                                                        '"rms_norm_eps": 1e-05')),
+     r"config.json: sha256 .* is not recipe.json's"),
+    (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"silu"', '"gelu"')),
+     r"config.json: sha256 .* is not recipe.json's"),
+    (lambda d: (d / "tokenizer.json").unlink(), r"tokenizer.json is missing"),
+    (lambda d: (d / "config.json").unlink(), r"config.json is missing"),
+    (lambda d: (d / "recipe.json").write_text('{"recipe": {"seed": 0'), r"recipe.json is damaged"),
+    (lambda d: (d / "recipe.json").write_text('{"recipe": {}}'), r"recipe.json is damaged"),
+    (lambda d: (d / "recipe.json").unlink(), r"is incomplete \(no recipe.json\)"),
+], ids=["rms_norm_eps", "hidden_act", "no-tokenizer", "no-config", "torn-recipe", "no-hashes", "no-recipe"])
+def test_every_file_of_the_shipped_student_is_checked(tmp_path, monkeypatch, damage, needle):
+    import shutil
+    copy = tmp_path / "embedded_student"
+    shutil.copytree(world.SHIPPED_STUDENT, copy)
+    damage(copy)
+    monkeypatch.setattr(world, "SHIPPED_STUDENT", str(copy))
+    with pytest.raises(SystemExit, match=needle):
+        world.shipped_student()
+
+
+def test_a_damaged_copy_in_a_run_folder_is_replaced_by_the_shipped_student(tmp_path):
+    import run
+    import train_gad
+    cfg = train_gad.parse_args(["--out-dir", str(tmp_path / "run")])
+    path = run.student_folder(cfg, lambda *a: None)
+    config = os.path.join(path, "config.json")
+    with open(config) as f:
+        text = f.read()
+    with open(config, "w") as f:
+        f.write(text.replace('"silu"', '"gelu"'))                       # damaged while the original was too
+    lines = []
+    assert run.student_folder(cfg, lines.append) == path
+    assert any("not the shipped student any more" in x for x in lines) and open(config).read() == text
+
+
 def test_the_shipped_student_follows_the_recipe_and_a_short_rebuild_does_too(tmp_path):
     """recipe.json matches what build_student would do today (corpus, tokenizer, hyper-parameters), so the shipped
     weights cannot silently drift from the code; a 20-step rebuild writes the same architecture, tokenizer and
@@ -125,6 +162,7 @@ def test_the_shipped_student_follows_the_recipe_and_a_short_rebuild_does_too(tmp
     rebuilt = json.load(open(os.path.join(out, "recipe.json")))
     assert rebuilt["recipe"] == {**shipped["recipe"], "steps": 20, "corpus_sha256": world.student_recipe(steps=20)[
         "corpus_sha256"]}
-    assert rebuilt["model_sha256"] == world.file_sha256(os.path.join(out, "model.safetensors"))
+    assert rebuilt["files_sha256"] == world.files_sha256(out) and "model.safetensors" in rebuilt["files_sha256"]
+    assert world.shipped_student(out) == out
     for name in ("config.json", "tokenizer.json", "chat_template.jinja"):
         assert open(os.path.join(out, name)).read() == open(os.path.join(world.SHIPPED_STUDENT, name)).read(), name

@@ -1,0 +1,113 @@
+"""report.py and eval.py on run folders as users have them (audit 3): older, ablated, real-model, torn, truncated or
+damaged, unwritable. Each is a table or one line naming the file, never a traceback."""
+import builtins
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import eval as E
+import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMBEDDED = {"fidelity": 0.8, "relevance": 0.9, "length": 7.0, "distinct_2": 0.3, "modes": 1.9, "ood_fidelity": 0.5,
+            "ood_relevance": 0.7, "finished": 1.0}
+
+
+def run_folder(path, ev, metrics):
+    os.makedirs(path)
+    with open(os.path.join(path, "eval.json"), "w") as f:
+        json.dump(ev, f)
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in metrics)
+    return str(path)
+
+
+def test_summary_of_a_no_d_warmup_run(tmp_path):
+    metrics = [{"stage": "warmup", "step": 0, "sft_loss": 2.0}, {"stage": "gad", "step": 1, "d_acc": 0.6, "kl": 0.01,
+                                                                 "reward_group_std": 0.2}]
+    d = run_folder(tmp_path / "a", {"gad": EMBEDDED, "teacher": EMBEDDED}, metrics)
+    out = report.summarize([d])
+    assert "d_acc - / 0.600" in out and "0.800 ± 0.000" in out and "(1 run:" in out
+
+
+def test_summary_of_real_model_runs(tmp_path):
+    real = {"length": 41.0, "distinct_2": 0.6, "finished": 0.9, "rouge_l": 0.2, "judge_score": None}
+    dirs = [run_folder(tmp_path / x, {"before": real, "gad": {**real, "rouge_l": 0.3}, "teacher": real,
+                                      "_config": {"test_data": "t.jsonl"}}, []) for x in "ab"]
+    out = report.summarize(dirs)
+    assert "| gad | 41.000 ± 0.000 | 0.600 ± 0.000 | 0.900 ± 0.000 | 0.300 ± 0.000 |" in out
+    assert "judge_score" not in out and "(2 runs:" in out                 # null where no judge was asked
+
+
+def test_a_torn_metrics_line_is_left_out_by_the_reports(tmp_path):
+    d = run_folder(tmp_path / "a", {"gad": EMBEDDED}, [{"stage": "gad", "step": 0, "d_acc": 0.5}])
+    with open(os.path.join(d, "metrics.jsonl"), "a") as f:
+        f.write('{"stage": "gad", "st')
+    assert report.stage_records(d, "gad") == [{"stage": "gad", "step": 0, "d_acc": 0.5}]
+    assert "| " + d + " |" in report.compare([d])
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda d: open(os.path.join(d, "eval.json"), "w").write('{"gad": {"fidel'), "eval.json: cannot be read"),
+    (lambda d: (os.remove(os.path.join(d, "eval.json")), os.makedirs(os.path.join(d, "eval.json"))),
+     "eval.json is a folder"),
+    (lambda d: open(os.path.join(d, "metrics.jsonl"), "w").write('{"a": 1}\n{oops\n{"b": 2}\n'),
+     "metrics.jsonl: line 2 is not valid JSON"),
+], ids=["truncated-eval", "eval-folder", "damaged-metrics"])
+def test_report_on_damaged_files_is_one_line(tmp_path, damage, needle):
+    d = run_folder(tmp_path / "a", {"gad": EMBEDDED}, [{"stage": "gad", "step": 0, "d_acc": 0.5}])
+    damage(d)
+    p = subprocess.run([sys.executable, "report.py", "--summary", d], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert needle in p.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def model_run(tiny_dir, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(tiny_dir, d / "gad" / "generator")
+    return str(d)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda d: open(os.path.join(d, "config.json"), "w").write('{"world": "bogus"}'),
+     "\"world\": 'bogus' is not one of default, long"),
+    (lambda d: os.remove(os.path.join(d, "gad", "generator", "config.json")), "not a model folder (no config.json)"),
+    (lambda d: open(os.path.join(d, "gad", "generator", "model.safetensors"), "r+b").truncate(1000), "cannot be loaded"),
+    (lambda d: os.makedirs(os.path.join(d, "eval.json")), "eval.json is a folder"),
+    (lambda d: open(os.path.join(d, "config.json"), "w").write('{"world": "def'), "config.json: cannot be read"),
+    (lambda d: shutil.rmtree(os.path.join(d, "gad")), "no checkpoints in"),
+], ids=["bogus-world", "no-config", "truncated-weights", "eval-json-folder", "torn-config", "no-checkpoints"])
+def test_eval_on_damaged_folders_is_one_line(model_run, damage, needle):
+    damage(model_run)
+    p = subprocess.run([sys.executable, "eval.py", model_run, "--samples", "1"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert needle in p.stderr.strip().splitlines()[-1]
+
+
+def test_eval_on_a_read_only_folder_stops_before_judging(model_run, monkeypatch):
+    real = builtins.open
+
+    def read_only(file, mode="r", *a, **k):  # root ignores chmod: a read-only mount is simulated
+        if str(file).startswith(model_run) and set(mode) & set("wa+"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), file)
+        return real(file, mode, *a, **k)
+    monkeypatch.setattr(builtins, "open", read_only)
+    monkeypatch.setattr(E, "student_responses", lambda *a, **k: pytest.fail("sampled before checking the folder"))
+    with pytest.raises(SystemExit, match="cannot write .*eval.json: Read-only file system"):
+        E.evaluate(model_run, samples=1)
+
+
+def test_eval_judge_errors_name_the_judge_flag(model_run, tmp_path):
+    test = tmp_path / "t.jsonl"
+    test.write_text('{"prompt": "hi"}\n')
+    p = subprocess.run([sys.executable, "eval.py", model_run, "--test-data", str(test), "--judge", "bogus"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode != 0 and "--judge 'bogus': expected" in p.stderr and "--teacher" not in p.stderr

@@ -111,6 +111,10 @@ def work(path, job, start):
     os.makedirs(os.path.dirname(path) if kind == "call" else path, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):  # the "done" marker goes until the job is done again
         os.remove(path if kind == "call" else os.path.join(path, "args.json"))
+    if kind == "train":  # redone with other arguments: the folder's earlier run goes (train_gad refuses to mix two)
+        for entry in set(os.listdir(path)) - {"before", "train.log"}:
+            shutil.rmtree(os.path.join(path, entry)) if os.path.isdir(os.path.join(path, entry)) else \
+                os.remove(os.path.join(path, entry))
     if kind == "train" and "--student" not in args and not os.path.isdir(os.path.join(path, "before")):
         shutil.copytree(os.path.join(start, "before"), os.path.join(path, "before"))  # the shared start
     with open(log_file(path, job), "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):

@@ -104,7 +104,9 @@ def read_config(path, config, error):
 def short(value):
     """A value as an error message may echo it: at most 80 characters (a YAML anchor can expand a small file into
     a huge value)."""
-    return reprlib.Repr(maxstring=60, maxother=60, maxlist=4, maxdict=4, maxlevel=2).repr(value)[:80]
+    brief = reprlib.Repr()
+    brief.maxstring, brief.maxother, brief.maxlist, brief.maxdict, brief.maxlevel = 60, 60, 4, 4, 2
+    return brief.repr(value)[:80]
 
 
 def check(cfg, error):

@@ -123,23 +123,20 @@ class TeacherCache:
             f.seek(self.offset)
             data = f.read()
             end = data.rfind(b"\n") + 1
-            tail = data[end:]
-            if self.offset == 0 and tail and not _record_start(tail) and not end:
+            lines, tail = data[:end].split(b"\n")[:-1], data[end:]
+            records = [_record(line) for line in lines]
+            if self.offset == 0 and (records[0] is None if records else tail and not _record_start(tail)):
                 raise TeacherError(f"teacher cache {self.path}: not a teacher cache (line 1 is not a cache "
                                    "record); give --teacher-cache a new path or an existing cache file")
             if tail and f.writable():  # a torn last line: cut it off, before anything is appended after it
                 f.truncate(self.offset + end)
                 self.torn_lines += 1
-        for i, line in enumerate(data[:end].split(b"\n")[:-1]):
-            try:
-                rec = json.loads(line.decode("utf-8"))
+        for rec in records:
+            if rec is None:
+                self.torn_lines += 1  # a damaged line: its answer is asked again
+            else:
                 self.entries[rec["key"]] = (rec["responses"], rec.get("finish") or
                                             ["refused" if t is None else "stop" for t in rec["responses"]])
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-                if self.offset == 0 and i == 0:
-                    raise TeacherError(f"teacher cache {self.path}: not a teacher cache (line 1 is not a cache "
-                                       "record); give --teacher-cache a new path or an existing cache file") from None
-                self.torn_lines += 1  # a damaged line: its answer is asked again
         self.offset += end
 
     def get(self, key):
@@ -150,8 +147,13 @@ class TeacherCache:
     def claimed(self, log=None):
         """One collection at a time per cache file (path + ".lock"): a run that finds another collecting waits,
         then re-reads the cache, so runs side by side pay once for each answer."""
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        with open(self.path + ".lock", "a") as f:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            f = open(self.path + ".lock", "a")
+        except OSError as e:
+            raise TeacherError(f"teacher cache {self.path}: answers are missing and the cache cannot be written "
+                               f"({e.strerror})") from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -179,6 +181,15 @@ class TeacherCache:
             finally:
                 os.close(fd)
             self.entries[key] = (responses, finish)
+
+
+def _record(line):
+    """The cache record a line holds, or None."""
+    try:
+        rec = json.loads(line.decode("utf-8"))
+        return rec if isinstance(rec, dict) and isinstance(rec.get("key"), str) and "responses" in rec else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 def _record_start(fragment):

@@ -106,7 +106,7 @@ def wait(teacher, batch_id, total, poll_seconds, log, state_path="teacher_batch.
                 failures += 1
                 if failures > teacher.max_retries:
                     raise
-                pause = min(teacher.backoff * 2 ** failures, teacher.max_backoff)
+                pause = min(teacher.backoff * 2 ** (failures - 1), teacher.max_backoff)
                 log(f"[teacher] batch {batch_id}: {type(e).__name__} while polling; look {failures}/"
                     f"{teacher.max_retries} again in {pause:.1f} s")
                 time.sleep(pause)

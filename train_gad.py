@@ -289,12 +289,11 @@ def main(argv=None):
     cfg, t_start = parse_args(argv), time.time()
     log = parallel.init(vars(cfg), tqdm.write)      # under torchrun: join the others (same flags?); rank 0 logs
     torch.manual_seed(cfg.seed)
+    try:                                            # stage 0: every check before anything is loaded or paid for
+        records = read_training_file(cfg.teacher_data or cfg.prompts, bool(cfg.teacher_data), cfg.batch_prompts, log)
+    except DataError as e:
+        raise SystemExit(f"train_gad.py: {e}")
     with parallel.together(lambda: run.Run(cfg, log)) as r:  # the run folder, locked: same flags on --resume?
-        try:                                        # stage 0: every check before anything is loaded or paid for
-            records = read_training_file(cfg.teacher_data or cfg.prompts, bool(cfg.teacher_data), cfg.batch_prompts,
-                                         log)
-        except DataError as e:
-            raise SystemExit(f"train_gad.py: {e}")
         # under torchrun rank 0 alone makes the student and asks the teacher; every rank trains on its data
         student, tok = parallel.from_main(lambda: run.starting_student(cfg, log))
         pairs = parallel.from_main(lambda: teacher_pairs(cfg, records, tok, log))

@@ -59,7 +59,7 @@ def test_yaml_floats_without_a_dot_are_taken_as_numbers(tmp_path):
 
 @pytest.mark.parametrize("flags", [["--lr-gad", "nan"], ["--lr-warmup", "nan"], ["--temperature", "nan"],
                                    ["--kl-coef", "nan"], ["--clip-eps", "nan"], ["--eval-temperature", "nan"],
-                                   ["--lr-d", "inf"], ["--teacher-timeout", "-inf"]])
+                                   ["--lr-d", "inf"], ["--teacher-timeout", "inf"]])
 def test_non_finite_flag_values_are_refused_naming_the_flag(flags, capsys):
     with pytest.raises(SystemExit):
         train_gad.parse_args(flags)
@@ -74,9 +74,9 @@ def test_a_yaml_nan_is_refused_naming_file_and_key(tmp_path, capsys):
 
 
 def test_an_error_echoes_at_most_a_short_value(tmp_path, capsys):
-    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
-                                                       for p, c in zip("abcdefg", "bcdefgh")]
-    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\nn_samples: *h\n")   # 9 * 8^7 values by reference
+    lines = ["  - &a [x, x, x, x, x, x, x, x, x]"] + [f"  - &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
+                                                         for p, c in zip("abcdefg", "bcdefgh")]
+    (tmp_path / "bomb.yaml").write_text("n_samples:\n" + "\n".join(lines) + "\n")   # 9 * 8^7 values by reference
     with pytest.raises(SystemExit):
         train_gad.parse_args(["--config", str(tmp_path / "bomb.yaml")])
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -33,7 +33,7 @@ def test_a_torn_metrics_tail_does_not_brick_the_folder(tiny_dir, tmp_path):
     with open(os.path.join(out, "metrics.jsonl"), "a") as f:
         f.write('{"stage": "seqkd", "step": 2, "sft_lo')                # the disk filled up mid-line
     assert len(records(out)) == n                                      # readers leave the torn line out
-    assert report.health(out).startswith("d_acc") and "Discriminator health" in report.summarize([out])
+    assert report.health(out).startswith("d_acc") and f"| {out} |" in report.compare([out])
     train_gad.main(["--student", tiny_dir, "--out-dir", out, *TINY, "--resume"])     # resumes
     train_gad.main(["--student", tiny_dir, "--out-dir", out, *TINY])                # and starts over
     assert len(records(out)) == n and open(os.path.join(out, "metrics.jsonl")).read().endswith("\n")
@@ -62,7 +62,7 @@ def test_every_json_the_project_writes_is_strict(tmp_path):
     assert json.loads(open(tmp_path / "m.jsonl").read(), **strict) == {"kl": None}
 
 
-LOCK_HOLDER = "import run, sys, time; run.lock_folder(sys.argv[1]); print('locked', flush=True); time.sleep(60)"
+LOCK_HOLDER = "import run, sys, time; f = run.lock_folder(sys.argv[1]); print('locked', flush=True); time.sleep(60)"
 
 
 def test_a_second_run_on_a_locked_folder_stops_at_once(tiny_dir, tmp_path):
@@ -145,3 +145,17 @@ def test_wandb_never_records_a_password_and_a_fresh_start_is_a_new_run(tiny_dir,
 
 def test_counts_in_messages_agree_in_number():
     assert [checkpoint.processes(k) for k in (1, 2)] == ["1 process", "2 processes"]
+
+
+def test_an_unwritable_out_dir_stops_before_anything_loads(tmp_path, monkeypatch):
+    import builtins
+    real = builtins.open
+
+    def read_only(file, mode="r", *a, **k):  # root ignores chmod: a read-only mount is simulated
+        if str(file).startswith(str(tmp_path)) and set(mode) & set("wa+"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), file)
+        return real(file, mode, *a, **k)
+    monkeypatch.setattr(builtins, "open", read_only)
+    monkeypatch.setattr(run, "starting_student", lambda *a: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit, match=r"cannot write to --out-dir .*run: Read-only file system"):
+        train_gad.main(["--out-dir", str(tmp_path / "run"), *TINY])

@@ -135,13 +135,13 @@ def test_bad_output_items_are_asked_live_and_every_good_answer_is_kept(tmp_path,
     assert not os.path.exists(tmp_path / "run" / "teacher_batch.json")
     assert len(texts) == N and texts[4:7] == ["cats are \u2028 .", "cats are \u2029 .", "cats are \u0085 ."]
     assert len(cache_lines(cache)) == N
-    assert any(f"{N - 4} of {N} answers stored" in x for x in logs) and any("1 output line(s)" in x for x in logs)
+    assert any(f"{N - 4} of {N} answers stored" in x for x in logs) and any("4 output line(s) could not be read" in x for x in logs)
 
 
 def test_a_transient_error_while_polling_is_retried(tmp_path, prompts_file):
     embedded, cache = T.EmbeddedTeacher(seed=0), str(tmp_path / "cache.jsonl")
     with TeacherServer(embedded.answer) as server:
-        server.batch_polls, server.poll_failures = 2, 3                         # three 500s among the looks
+        server.batch_polls, server.poll_failures = 2, 2                         # two 500s among the looks
         prompts, texts = collect(server, str(tmp_path / "run"), prompts_file, cache)
         assert server.poll_failures == 0 and served(server, "/chat/completions") == 0
     assert len(texts) == N

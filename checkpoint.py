@@ -1,4 +1,6 @@
-"""Checkpoints that survive a crash: every write goes to a temporary name and is renamed into place.
+"""The run's files, written so that a crash never leaves one half-written: every write goes to a temporary name and
+is renamed into place, or is one locked append (metrics.jsonl, the teacher cache); the run folder's lock; the trackers
+that mirror metrics.jsonl (--report-to).
 
 Model folders (`save_model`) are plain `save_pretrained` folders. Resume points (`save_resume`) live in
 runs/<name>/resume/step-<phase>-<step>/ and hold
@@ -14,10 +16,13 @@ Under torchrun every rank calls these (the full weights are gathered from the sh
 """
 import contextlib
 import errno
+import fcntl
 import json
 import math
 import os
 import shutil
+import sys
+import uuid
 
 import torch
 
@@ -95,6 +100,36 @@ def append_jsonl(path, rec):
         os.close(fd)
 
 
+def append_locked(path, line):
+    """Append one line (bytes ending in a newline) to a file that other processes append to as well: one write under
+    an exclusive lock, fsynced. A fragment left by a writer that died mid-line is cut off first, so it never swallows
+    this line. Returns 1 if a fragment was cut, else 0."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        torn = bool(size) and os.pread(fd, 1, size - 1) != b"\n"
+        if torn:
+            os.ftruncate(fd, size - len(_last_line(fd, size)))
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return int(torn)
+
+
+def _last_line(fd, size, block=1 << 16):
+    """The bytes after the file's last newline."""
+    start = max(0, size - block)
+    while True:
+        data = os.pread(fd, size - start, start)
+        cut = data.rfind(b"\n")
+        if cut >= 0 or start == 0:
+            return data[cut + 1:]
+        start = max(0, start - block)
+
+
 def read_jsonl(path):
     """The records of a JSONL file the project wrote. A torn last line (a crash or a full disk mid-write) is left out;
     a damaged line elsewhere is a one-line error naming the file and line. Lines split on "\\n" only."""
@@ -168,12 +203,12 @@ def latest(out_dir):
 def restore_state(info, data, g=None, d=None):
     """Load the optimiser / RNG / data-order state of a resume point. g, d: (model, optimiser) pairs to load."""
     state = torch.load(os.path.join(info["dir"], "state.pt"), weights_only=True)
-    if state.get("processes", 1) != parallel.world():
-        written = processes(state.get("processes", 1))
+    if state["processes"] != parallel.processes():
+        written = processes(state["processes"])
         raise SystemExit(f"train_gad.py: --resume: {info['dir']} was written by {written}; resume it with as many "
-                         f"(this run has {parallel.world()})")
+                         f"(this run has {parallel.processes()})")
     rank = parallel.rank()
-    torch.set_rng_state(state["torch_rng"][rank] if isinstance(state["torch_rng"], list) else state["torch_rng"])
+    torch.set_rng_state(state["torch_rng"][rank])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda_rng"][rank])
     data.order = list(state["data_order"])
@@ -193,10 +228,6 @@ def _as_rng_state(s):
 
 
 # ---------------------------------------------------------------------------- metrics.jsonl on resume
-def finite_or_none(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
 def reset_metrics(out_dir, stages, from_step=0):
     """Drop the records of `stages` from step `from_step` on: this invocation writes them again."""
     path = os.path.join(out_dir, "metrics.jsonl")
@@ -211,3 +242,71 @@ def reset_metrics(out_dir, stages, from_step=0):
         with contextlib.suppress(OSError):
             os.remove(path + ".tmp")
         raise SystemExit(f"train_gad.py: cannot write {path}: {e.strerror}") from None
+
+
+def lock_folder(out_dir):
+    """An exclusive lock on out_dir/.lock for this process's life: a second run on the same folder stops at once."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        f = open(os.path.join(out_dir, ".lock"), "a")
+    except OSError as e:
+        raise SystemExit(f"train_gad.py: cannot write to --out-dir {out_dir}: {e.strerror}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise SystemExit(f"train_gad.py: another train_gad.py is running in {out_dir} (it holds {f.name}); wait for it "
+                         "to end, or give this run another --out-dir") from None
+    return f
+
+
+# ---------------------------------------------------------------------------- trackers (--report-to)
+class Tracker:
+    """--report-to: every metrics.jsonl record also goes to TensorBoard (out_dir/tensorboard/<gad|seqkd>/) or Weights &
+    Biases (project $WANDB_PROJECT, default "gad"; offline with WANDB_MODE=offline), with the run's config. Rank 0 only.
+    A resumed run continues its W&B run and TensorBoard drops the steps it redoes; a fresh start is a new W&B run."""
+
+    def __init__(self, cfg, config, resume=None):
+        self.kind, self.writer, self.writers, self.config = cfg.report_to, None, {}, config
+        self.out_dir, self.resume = cfg.out_dir, resume
+        if self.kind == "wandb":
+            import wandb  # optional extra: requirements-tracking.txt
+            # W&B records the command line (sys.argv): no credential in it may reach the tracker
+            from teacher import redact_url  # (teacher.py builds on this file)
+            sys.argv[:] = [redact_url(a) for a in sys.argv]
+            id_file = os.path.join(cfg.out_dir, "wandb_run_id.txt")  # --resume continues the same W&B run
+            run_id = open(id_file).read().strip() if cfg.resume and os.path.exists(id_file) else uuid.uuid4().hex[:8]
+            with open(id_file, "w") as f:
+                f.write(run_id)
+            self.writer = wandb.init(project=os.environ.get("WANDB_PROJECT", "gad"), id=run_id, resume="allow",
+                                     name=os.path.basename(os.path.abspath(cfg.out_dir)), dir=cfg.out_dir,
+                                     config=config)
+
+    def tensorboard(self, phase):
+        """One event folder per phase; purge_step hides what an earlier invocation logged from the step redone on."""
+        if phase not in self.writers:
+            from torch.utils.tensorboard import SummaryWriter  # optional extra: requirements-tracking.txt
+            start = self.resume["next_step"] if self.resume and self.resume["phase"] == phase else 0
+            self.writers[phase] = SummaryWriter(os.path.join(self.out_dir, "tensorboard", phase), purge_step=start)
+            text = json.dumps(self.config, indent=2).replace("\n", "\n    ")
+            self.writers[phase].add_text("config", "    " + text)
+        return self.writers[phase]
+
+    def log(self, rec):
+        values = {f"{rec['stage']}/{k}": v for k, v in rec.items()
+                  if k not in ("stage", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.kind == "tensorboard":
+            writer = self.tensorboard("seqkd" if rec["stage"] == "seqkd" else "gad")
+            for key, value in values.items():
+                writer.add_scalar(key, value, rec["step"])
+            writer.flush()
+        elif self.kind == "wandb":
+            self.writer.log({**values, f"{rec['stage']}/step": rec["step"]})
+
+    def close(self):
+        for writer in self.writers.values():
+            writer.close()
+        self.writers = {}
+        if self.writer is not None:
+            self.writer.finish()
+            self.writer = None

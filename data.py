@@ -1,5 +1,6 @@
-"""Training data: prompt / teacher-response files in the paper's format, read with `datasets` and checked
-row by row; then the training examples as token ids (`Data`) and the batches a step trains on (`Batch`).
+"""Training data: how a row of tokens is laid out (`pack`: [prompt ; response ; pad], with the masks every
+model reads), prompt / teacher-response files in the paper's format, read with `datasets` and checked row by
+row, then the training examples as token ids (`Data`) and the batches a step trains on (`Batch`).
 
 Accepted files: .jsonl / .json (one object per line) or .parquet. Columns:
   content           list of {"role", "content"} chat messages (the paper's released data), or
@@ -14,10 +15,64 @@ import os
 import random
 from dataclasses import dataclass
 
+import torch
 from datasets import load_dataset
+from transformers import AutoTokenizer
 
-from generator import pack, prompt_ids, response_ids
 
+# ---------------------------------------------------------------------------- tokens and rows
+def load_tokenizer(path, trust_remote_code=False):
+    """The student's tokenizer; it must have a chat template (prompts go through it)."""
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.chat_template is None:
+        raise ValueError(f"the tokenizer of {path} has no chat template; use an instruct/chat "
+                         "model or add a chat_template to its tokenizer_config.json")
+    if tok.pad_token_id is None:  # masks come from lengths, so padding with EOS is safe here
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def prompt_ids(tokenizer, messages):
+    """Chat messages -> token ids through the student's chat template, with the generation prompt."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def response_ids(tokenizer, text, eos_id=None):
+    """Response text -> token ids + the end-of-turn token (the same for teacher and student)."""
+    eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
+
+
+def pack(prompts, responses, pad_id, left_pad=False):
+    """Lists of prompt / response id lists -> padded tensors.
+
+    Returns dict: input_ids [B, L], attention_mask [B, L], response_mask [B, L] (1 on response tokens).
+    """
+    rows = [p + r for p, r in zip(prompts, responses)]
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), L), dtype=torch.long)
+    resp = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        start = L - len(p) - len(r) if left_pad else 0
+        ids[i, start:start + len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        attn[i, start:start + len(p) + len(r)] = 1
+        resp[i, start + len(p):start + len(p) + len(r)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
+
+
+def position_ids(attention_mask):
+    """Positions counted over real tokens only, so a row means the same under left or right padding."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]; left pads get 0
+
+
+def to_device(batch, device):
+    """A packed batch's tensors on device."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------- data files
 ROLES = {"system", "user", "assistant"}
 
 

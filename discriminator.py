@@ -1,8 +1,8 @@
 """The discriminator D: the student's backbone plus a new scalar head, and its Bradley-Terry loss.
 
-D(x, y) is a raw, unbounded logit read from the final hidden state at the *last valid token* of
-[prompt ; response] -- for a finished response that token is the EOS, for teacher and student alike
-(see generator.response_ids). No pooling. Padding on either side does not change a score.
+D(x, y) is a raw, unbounded logit read from the final hidden state at the *last valid token* of [prompt ; response]:
+for a finished response the EOS, for teacher and student alike (data.response_ids). No pooling; padding on either
+side does not change a score.
 
   bt_loss  paper Eq. 3:  L_D = mean over pairs of -log sigmoid(D(x, y_t) - D(x, y_s))
            Each of a prompt's n student samples is paired with that prompt's one teacher response.
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-import generator as G
+import parallel
+from data import position_ids
 
 
 class Discriminator(torch.nn.Module):
@@ -50,10 +51,18 @@ class Discriminator(torch.nn.Module):
         """batch from generator.pack -> scores [B] read at each row's last valid token."""
         mask = batch["attention_mask"]
         h = self.backbone(input_ids=batch["input_ids"], attention_mask=mask,
-                          position_ids=G.position_ids(mask)).last_hidden_state           # [B, L, H]
+                          position_ids=position_ids(mask)).last_hidden_state           # [B, L, H]
         last = last_token_index(mask)                                                    # [B]
         h_last = h[torch.arange(h.shape[0], device=h.device), last]                      # [B, H]
         return self.head(h_last).squeeze(-1).float()                                     # [B]
+
+
+def load_discriminator(path, cfg):
+    """D: a checkpoint's backbone alone (no LM head) + a new scalar head unless one is saved there; fp32, sharded."""
+    D = Discriminator.from_pretrained(path, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    if cfg.gradient_checkpointing:
+        getattr(D.backbone, "activation_checkpointing_enable", D.backbone.gradient_checkpointing_enable)()
+    return parallel.shard(D, parallel.DEVICE, layers_of=D.backbone)
 
 
 def last_token_index(attention_mask):
@@ -65,24 +74,26 @@ def last_token_index(attention_mask):
 def bt_loss(teacher_scores, student_scores, n, prompts=None):
     """Bradley-Terry loss (paper Eq. 3) and D's health metrics.
 
-    teacher_scores [B], student_scores [B*n] grouped by prompt. prompts: the step's number of prompts when
-    these are one micro-batch of its prompt groups; the losses of all micro-batches then sum to the mean
-    over all of the step's pairs."""
+    teacher_scores [B], student_scores [B*n] grouped by prompt. prompts: the step's number of prompts when these
+    are one micro-batch of its prompt groups (the micro-batches' losses then sum to the mean over all pairs)."""
     gap = teacher_scores.repeat_interleave(n) - student_scores                           # [B*n]
     loss = -F.logsigmoid(gap).sum() / (n * (prompts or len(teacher_scores)))
-    return loss, pair_metrics(loss, teacher_scores, student_scores, gap)
+    return loss, pair_metrics(loss.item(), teacher_scores, student_scores, n)
 
 
 def bce_loss(teacher_scores, student_scores, n, prompts=None):
     """The binary-cross-entropy alternative (paper Table 4): -log s(D(y_t)) - log(1 - s(D(y_s)))."""
     prompts = prompts or len(teacher_scores)
     loss = -F.logsigmoid(teacher_scores).sum() / prompts - F.logsigmoid(-student_scores).sum() / (n * prompts)
+    return loss, pair_metrics(loss.item(), teacher_scores, student_scores, n)
+
+
+D_LOSSES = {"bt": bt_loss, "bce": bce_loss}  # --d-loss
+
+
+def pair_metrics(loss, teacher_scores, student_scores, n):
+    """d_loss (a number), d_acc = fraction of (teacher, sample) pairs ranked correctly, mean scores and mean gap."""
     gap = teacher_scores.repeat_interleave(n) - student_scores                           # [B*n]
-    return loss, pair_metrics(loss, teacher_scores, student_scores, gap)
-
-
-def pair_metrics(loss, teacher_scores, student_scores, gap):
-    """d_acc = fraction of (teacher, sample) pairs ranked correctly; mean scores and mean gap."""
-    return {"d_loss": loss.item(), "d_acc": (gap > 0).float().mean().item(),
+    return {"d_loss": loss, "d_acc": (gap > 0).float().mean().item(),
             "d_teacher_score": teacher_scores.mean().item(), "d_student_score": student_scores.mean().item(),
             "d_gap": gap.mean().item()}

@@ -1,4 +1,4 @@
-"""Judge a run's students (and the teacher) and write eval.json. (Summaries across runs: report.py.)
+"""Judge a run's students (and the teacher) and write eval.json. (Summaries across runs: tools/report.py.)
 
     python eval.py runs/default            # embedded world: the privileged judge on held-out prompts
     python eval.py runs/qwen --test-data lmsys_test.parquet --judge openai:gpt-4o   # real models (the paper's judge)
@@ -35,7 +35,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import world
 from checkpoint import read_json, write_json
 from data import DataError, load_records
-from generator import finished, prompt_ids, sample
+from data import prompt_ids
+from generator import finished, sample
 from teacher import EmbeddedTeacher, TeacherCache, TeacherError, collect, make_teacher
 
 MODELS = ["before", "warmup", "seqkd", "gad"]  # checkpoint folders of a run, in table order
@@ -59,7 +60,16 @@ def student_responses(model, tokenizer, prompts, n, temperature, max_new_tokens,
     return texts, sum(finished(r, tokenizer.eos_token_id) for r in ids) / len(ids)
 
 
-def checkpoint(run_dir, name):
+def sample_and_judge(model, tokenizer, prompts, samples, temperature, max_new_tokens=40, seed=None):
+    """(the judge's metrics, the texts) of `samples` answers per prompt sampled at `temperature` (0 = greedy),
+    after torch.manual_seed(seed) when a seed is given."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    texts, fin = student_responses(model, tokenizer, prompts, samples, temperature, max_new_tokens)
+    return {**judge_responses(prompts, texts, samples), "finished": fin}, texts
+
+
+def checkpoint_folder(run_dir, name):
     """The generator folder of a run's model; 'before' may be a --student folder given by path."""
     path = os.path.join(run_dir, name, "generator")
     if os.path.isdir(path):
@@ -106,7 +116,7 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
     if name not in world.WORLDS:
         raise SystemExit(f"eval.py: {config}: \"world\": {str(name)[:40]!r} is not one of {', '.join(world.WORLDS)}")
     world.use(name)
-    found = [(m, checkpoint(run_dir, m)) for m in models if checkpoint(run_dir, m)]
+    found = [(m, checkpoint_folder(run_dir, m)) for m in models if checkpoint_folder(run_dir, m)]
     if models and not found:
         expected = ", ".join(m + "/generator" for m in models)
         raise SystemExit(f"eval.py: no checkpoints in {run_dir} (expected {expected})")
@@ -117,9 +127,7 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
         tok, model = load(path)
         results[name] = {}
         for prefix, prompts in splits.items():
-            torch.manual_seed(seed)
-            texts, fin = student_responses(model, tok, prompts, samples, temperature, max_new_tokens)
-            m = {**judge_responses(prompts, texts, samples), "finished": fin}
+            m, texts = sample_and_judge(model, tok, prompts, samples, temperature, max_new_tokens, seed)
             results[name].update({prefix + k: v for k, v in m.items()})
             examples.setdefault(prefix, {})[name] = texts[::samples]
     teacher = EmbeddedTeacher(seed=seed + 12345)  # fresh teacher samples, not the training data
@@ -246,7 +254,7 @@ def evaluate_real(run_dir, test_data, judge_spec=None, judge_base_url=None, temp
                          flag="--judge") if judge_spec else None
     cache = TeacherCache(os.path.join(run_dir, "judge_cache.jsonl"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    found = [(m, checkpoint(run_dir, m)) for m in MODELS if checkpoint(run_dir, m)]
+    found = [(m, checkpoint_folder(run_dir, m)) for m in MODELS if checkpoint_folder(run_dir, m)]
     if not found:
         raise SystemExit(f"eval.py: no checkpoints in {run_dir} (expected before/, warmup/, seqkd/ or gad/ generator/)")
     writable(os.path.join(run_dir, "eval.json"))

@@ -23,8 +23,7 @@ import torch
 from discriminator import bt_loss
 from generator import group_advantages
 
-# three well-separated modes (like the paper's Gaussian mixture). With a 2% floor on every class instead,
-# reverse KL prefers a flat student and our GAD student went uniform.
+# three separated modes, as the paper's mixture (with a 2% floor on every class our GAD student went uniform)
 TEACHER = torch.tensor([0.005, 0.30, 0.10, 0.005, 0.08, 0.30, 0.005, 0.005, 0.195, 0.005])
 CLASSES = torch.arange(10, dtype=torch.float)
 
@@ -42,7 +41,8 @@ def step(opt, loss):
 
 def seqkd(steps):
     """Maximum likelihood on the teacher's samples (what SFT does)."""
-    mu, log_sd = torch.tensor(4.5, requires_grad=True), torch.tensor(1.0, requires_grad=True)
+    mu = torch.tensor(4.5, requires_grad=True)
+    log_sd = torch.tensor(1.0, requires_grad=True)
     opt = torch.optim.Adam([mu, log_sd], lr=0.05)
     for _ in range(steps):
         y_t = torch.multinomial(TEACHER, 64, replacement=True)
@@ -52,9 +52,11 @@ def seqkd(steps):
 
 def gad(steps, prompts=16, n=8):
     """The GAD game: G samples, D scores, G follows D's group-normalised scores, D learns to rank the teacher up."""
-    mu, log_sd = torch.tensor(4.5, requires_grad=True), torch.tensor(1.0, requires_grad=True)
+    mu = torch.tensor(4.5, requires_grad=True)
+    log_sd = torch.tensor(1.0, requires_grad=True)
     d_logit = torch.zeros(10, requires_grad=True)                                     # D: a score per class
-    g_opt, d_opt = torch.optim.Adam([mu, log_sd], lr=0.05), torch.optim.Adam([d_logit], lr=0.05)
+    g_opt = torch.optim.Adam([mu, log_sd], lr=0.05)
+    d_opt = torch.optim.Adam([d_logit], lr=0.05)
     for _ in range(steps):
         logp = student(mu, log_sd)                                                    # [10]
         y_s = torch.multinomial(logp.exp().detach(), prompts * n, replacement=True)   # 1. n samples per prompt

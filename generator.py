@@ -1,9 +1,8 @@
 """The student policy G: sampling, per-token log-probs, and the two generator losses.
 
-Sequences are laid out as [prompt ; response ; pad] rows (`pack`). `response_mask` marks the
+Sequences are laid out as [prompt ; response ; pad] rows (`data.pack`). `response_mask` marks the
 response tokens, EOS included, at their own positions in `input_ids`; log-probs are aligned the
-same way (the log-prob of token j is read from the logits at j-1). Position ids always come from
-the attention mask, so a row means the same thing under left or right padding.
+same way (the log-prob of token j is read from the logits at j-1).
 
 Losses (pure functions returning `(loss, metrics)`):
   sft_loss         warmup and SeqKD:  -1/|T| sum_t log p(y_t | x, y_<t)       (token mean over the batch)
@@ -13,75 +12,30 @@ Losses (pure functions returning `(loss, metrics)`):
   policy_loss      PPO-clip + k3 KL, token-mean. With one optimiser step per batch of rollouts the
                    ratio is exactly 1, so the gradient is REINFORCE with group-normalised advantages.
 """
-import threading
-
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+import parallel
+from data import pack, position_ids
 
 
-# ---------------------------------------------------------------------------- tokens and batches
-def load_tokenizer(path, trust_remote_code=False):
-    """The student's tokenizer; it must have a chat template (prompts go through it)."""
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tok.chat_template is None:
-        raise ValueError(f"the tokenizer of {path} has no chat template; use an instruct/chat "
-                         "model or add a chat_template to its tokenizer_config.json")
-    if tok.pad_token_id is None:  # masks come from lengths, so padding with EOS is safe here
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def prompt_ids(tokenizer, messages):
-    """Chat messages -> token ids through the student's chat template, with the generation prompt."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def response_ids(tokenizer, text, eos_id=None):
-    """Response text -> token ids + the end-of-turn token (the same for teacher and student)."""
-    eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
-    return tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
-
-
-def pack(prompts, responses, pad_id, left_pad=False):
-    """Lists of prompt / response id lists -> padded tensors.
-
-    Returns dict: input_ids [B, L], attention_mask [B, L], response_mask [B, L] (1 on response tokens).
-    """
-    rows = [p + r for p, r in zip(prompts, responses)]
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), L), dtype=torch.long)
-    resp = torch.zeros((len(rows), L), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        start = L - len(p) - len(r) if left_pad else 0
-        ids[i, start:start + len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
-        attn[i, start:start + len(p) + len(r)] = 1
-        resp[i, start + len(p):start + len(p) + len(r)] = 1
-    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
-
-
-def position_ids(attention_mask):
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]; left pads get 0
-
-
-def to(batch, device):
-    return {k: v.to(device) for k, v in batch.items()}
+# ---------------------------------------------------------------------------- loading
+def load_generator(path, cfg):
+    """G (or the KL reference): a causal LM from a checkpoint folder or hub name, in fp32 master weights (bf16
+    weights would round away 1e-6-sized updates; GPUs compute under bf16 autocast), sharded under torchrun."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    if cfg.gradient_checkpointing:  # transformers 5 renamed it; older: the 2nd name
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    return parallel.shard(model, parallel.DEVICE)
 
 
 # ---------------------------------------------------------------------------- sampling
-_GENERATION_LOCK = threading.Lock()  # sample() swaps model.generation_config; one swap at a time
-
-
 def sampling_config(temperature, max_new_tokens, n, eos_id, pad_id):
-    """The one generation configuration used for sampling: softmax(logits / temperature), nothing else.
-
-    top_k = 0 and top_p = 1.0 switch those filters off; every other processor (repetition penalty,
-    n-gram bans, min length, bad words, ...) is left unset, and `sample` hides the checkpoint's own
-    generation_config while it runs, so none of them is filled in from it. What is sampled is then
-    exactly the distribution `token_logprobs(..., temperature)` trains on. temperature <= 0: greedy."""
+    """The one generation configuration of sampling: softmax(logits / temperature), nothing else (top_k 0, top_p 1;
+    no repetition penalty, n-gram bans, min length, ...), so what is sampled is exactly the distribution
+    `token_logprobs(..., temperature)` trains on. temperature <= 0: greedy."""
     if temperature > 0:
         mode = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=n)
     else:
@@ -91,12 +45,9 @@ def sampling_config(temperature, max_new_tokens, n, eos_id, pad_id):
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts, n, temperature, max_new_tokens, gen_batch_size=64, eos_id=None):
-    """Sample n responses per prompt with the KV cache (HF `generate`), in chunks of prompts.
-
-    Returns a list of len(prompts) * n token-id lists, grouped by prompt (prompt 0's n samples
-    first). A response keeps its EOS if the model emitted one; a response cut at max_new_tokens
-    has none (see `finished`). Only `sampling_config` applies: the checkpoint's generation_config
-    (an instruct model's top_k / top_p, a repetition penalty, ...) is ignored, so sampling stays on-policy."""
+    """n responses per prompt (HF `generate`, KV cache), in chunks: len(prompts) * n token-id lists grouped by
+    prompt, each with its EOS if the model emitted one (see `finished`). Only `sampling_config` applies: the
+    checkpoint's own generation_config (an instruct model's top_k / top_p, ...) is hidden while sampling."""
     eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
     pad_id = tokenizer.pad_token_id
     config = sampling_config(temperature, max_new_tokens, n, eos_id, pad_id)
@@ -104,22 +55,22 @@ def sample(model, tokenizer, prompts, n, temperature, max_new_tokens, gen_batch_
     model.eval()
     out = []
     per_chunk = max(1, gen_batch_size // n)
-    with _GENERATION_LOCK:
-        own_config, model.generation_config = model.generation_config, GenerationConfig()
-        try:
-            for i in range(0, len(prompts), per_chunk):
-                chunk = prompts[i:i + per_chunk]
-                batch = pack(chunk, [[] for _ in chunk], pad_id, left_pad=True)  # generation wants left padding
-                gen = model.generate(input_ids=batch["input_ids"].to(model.device),
-                                     attention_mask=batch["attention_mask"].to(model.device), generation_config=config)
-                if temperature <= 0 and n > 1:
-                    gen = gen.repeat_interleave(n, dim=0)
-                for row in gen[:, batch["input_ids"].shape[1]:].tolist():
-                    cut = row.index(eos_id) + 1 if eos_id in row else len(row)
-                    out.append(row[:cut])
-        finally:
-            model.generation_config = own_config
-            model.train(was_training)
+    own_config = model.generation_config   # (a model shared by threads: teacher.HFTeacher holds a lock)
+    model.generation_config = GenerationConfig()
+    try:
+        for i in range(0, len(prompts), per_chunk):
+            chunk = prompts[i:i + per_chunk]
+            batch = pack(chunk, [[] for _ in chunk], pad_id, left_pad=True)  # generation wants left padding
+            gen = model.generate(input_ids=batch["input_ids"].to(model.device),
+                                 attention_mask=batch["attention_mask"].to(model.device), generation_config=config)
+            if temperature <= 0 and n > 1:
+                gen = gen.repeat_interleave(n, dim=0)
+            for row in gen[:, batch["input_ids"].shape[1]:].tolist():
+                cut = row.index(eos_id) + 1 if eos_id in row else len(row)
+                out.append(row[:cut])
+    finally:
+        model.generation_config = own_config
+        model.train(was_training)
     return out
 
 
@@ -141,33 +92,46 @@ def token_logprobs(model, batch, temperature=1.0, with_entropy=False):
     """Per-token log-probs of the response tokens under the model, logits scaled by 1/temperature.
 
     Returns logp [B, L] (position j = log p(input_ids[j] | input_ids[<j]) where response_mask[j] = 1; 0
-    elsewhere) and, if asked, the entropy [B, L] of the same distributions (no gradient).
-    Memory: when [B, L, vocab] logits fit in LOGITS_PER_CHUNK floats they are computed at once. Otherwise
-    the LM head, log-softmax and entropy run only at the positions that predict a response token, in
-    chunks of LOGITS_PER_CHUNK / vocab tokens, each recomputed in backward: no [B, L, V] tensor ever
-    exists and the peak is one chunk, whatever the batch or the vocabulary."""
+    elsewhere) and, if asked, the entropy [B, L] of the same distributions (no gradient). When the [B, L, vocab]
+    logits would not fit in LOGITS_PER_CHUNK floats, `chunked_token_logprobs` computes the same numbers."""
     if hasattr(model, "run_sharded"):  # sharded over processes (parallel.py): run inside the root's FSDP hooks
         return model.run_sharded(_token_logprobs, batch, temperature, with_entropy)
     return _token_logprobs(model, batch, temperature, with_entropy)
 
 
 def _token_logprobs(model, batch, temperature, with_entropy):
-    mask = batch["response_mask"][:, 1:].bool()                                       # [B, L-1]: j predicts j+1
     hidden = backbone(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              position_ids=position_ids(batch["attention_mask"])).last_hidden_state   # [B, L, H]
-    head, targets = model.get_output_embeddings(), batch["input_ids"][:, 1:]
-    if hidden.shape[0] * hidden.shape[1] * head.weight.shape[0] <= LOGITS_PER_CHUNK:  # all logits at once
-        logp, ent = _chunk_logprobs(model.config, head, hidden, targets, temperature, with_entropy, shift=True)
-        logp, ent = torch.where(mask, logp, 0.0), torch.where(mask, ent, 0.0) if with_entropy else None
-        return (F.pad(logp, (1, 0)), F.pad(ent, (1, 0))) if with_entropy else F.pad(logp, (1, 0))
-    hidden, targets = hidden[:, :-1][mask], targets[mask]                             # [T, H], [T]
-    chunk, parts = max(1, LOGITS_PER_CHUNK // head.weight.shape[0]), [(hidden.new_zeros(0), hidden.new_zeros(0))]
+    head = model.get_output_embeddings()
+    if hidden.shape[0] * hidden.shape[1] * head.weight.shape[0] > LOGITS_PER_CHUNK:
+        return chunked_token_logprobs(model, batch, hidden, temperature, with_entropy)
+    mask = batch["response_mask"][:, 1:].bool()                                       # [B, L-1]: j predicts j+1
+    targets = batch["input_ids"][:, 1:]                                               # [B, L-1]
+    logp, entropy = _chunk_logprobs(model.config, head, hidden, targets, temperature, with_entropy, shift=True)
+    logp = F.pad(torch.where(mask, logp, 0.0), (1, 0))                                # [B, L]: token j's at j
+    if not with_entropy:
+        return logp
+    return logp, F.pad(torch.where(mask, entropy, 0.0), (1, 0))                       # [B, L]
+
+
+def chunked_token_logprobs(model, batch, hidden, temperature, with_entropy):
+    """token_logprobs for a large batch or vocabulary: the LM head, log-softmax and entropy run only at the
+    positions that predict a response token, in chunks of LOGITS_PER_CHUNK / vocab tokens, each recomputed in
+    backward: no [B, L, V] tensor ever exists and the peak is one chunk, whatever the batch or the vocabulary."""
+    head = model.get_output_embeddings()
+    mask = batch["response_mask"][:, 1:].bool()                                       # [B, L-1]
+    hidden = hidden[:, :-1][mask]                                                     # [T, H]
+    targets = batch["input_ids"][:, 1:][mask]                                         # [T]
+    chunk = max(1, LOGITS_PER_CHUNK // head.weight.shape[0])
+    parts = [(hidden.new_zeros(0), hidden.new_zeros(0))]
     for i in range(0, len(targets), chunk):
         args = (model.config, head, hidden[i:i + chunk], targets[i:i + chunk], temperature, with_entropy)
         parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
                      else _chunk_logprobs(*args))
     logp = _scatter(mask, torch.cat([p[0] for p in parts]))                           # [B, L]
-    return (logp, _scatter(mask, torch.cat([p[1] for p in parts]))) if with_entropy else logp
+    if not with_entropy:
+        return logp
+    return logp, _scatter(mask, torch.cat([p[1] for p in parts]))                     # [B, L]
 
 
 def _chunk_logprobs(config, head, hidden, targets, temperature, with_entropy, shift=False):
@@ -207,9 +171,8 @@ def _scatter(mask, values):
 
 
 def masked_mean(x, mask, count=None):
-    """Mean of x over mask==1 entries (token mean over the whole batch); 0, not NaN, if all masked.
-    count: the number of tokens to divide by when x is one micro-batch of a larger batch (default: mask's
-    own count). Summing such partial means over the micro-batches gives the full batch's mean, exactly."""
+    """Mean of x over mask==1 entries (0, not NaN, if all masked). count: the tokens to divide by when x is one
+    micro-batch of a larger batch (default: mask's own); the micro-batches' partial means sum to the batch's mean."""
     mask = mask.bool()
     count = mask.sum().clamp(min=1) if count is None else torch.as_tensor(count)
     return torch.where(mask, x, 0.0).sum() / count.to(x.dtype)
@@ -252,7 +215,9 @@ def group_std(r):
 
 
 def reward_metrics(rewards, n):
-    """The log's reward_mean, reward_std and reward_group_std (mean within-group std, Eq. 6) of rewards [B*n]."""
+    """The log's reward_mean, reward_std and reward_group_std (mean within-group std, Eq. 6) of rewards [B*n]:
+    over every process's rewards under torchrun."""
+    rewards = parallel.gather(rewards)                                                # [all B*n]
     return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
             "reward_group_std": group_std(rewards.view(-1, n)).mean().item()}
 

@@ -40,10 +40,16 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from data import Batch, cut
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # this process's device (under torchrun: its rank's GPU)
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # On GPUs the shards stay fp32 (master weights, AdamW) and are gathered as bf16 for compute (half the all-gather
 # bytes, half the whole G held while sampling); gradients are reduced in fp32. GAD_FSDP_BF16=1 forces it on CPU.
 BF16 = torch.cuda.is_available() or os.environ.get("GAD_FSDP_BF16") == "1"
+
+
+def amp():
+    """bf16 autocast on GPU (weights and optimiser stay fp32); plain fp32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if DEVICE == "cuda" else contextlib.nullcontext()
 
 
 def init(flags=None, log=None):
@@ -62,9 +68,9 @@ def init(flags=None, log=None):
 
 def same_flags(flags):
     """Every process stops with one line if any was started with other flag values than rank 0."""
-    if world() == 1:
+    if processes() == 1:
         return
-    everyone = [None] * world()
+    everyone = [None] * processes()
     dist.all_gather_object(everyone, {k: v for k, v in flags.items() if k != "as_given"})
     for r, other in enumerate(everyone[1:], 1):
         changed = [k for k in everyone[0] if other.get(k) != everyone[0][k]]
@@ -81,8 +87,8 @@ def together(fn):
         out, error = fn(), None
     except SystemExit as e:
         out, error = None, str(e.code)
-    if world() > 1:
-        errors = [None] * world()
+    if processes() > 1:
+        errors = [None] * processes()
         dist.all_gather_object(errors, error)
         error = next((e for e in errors if e is not None), None)
     if error is not None:
@@ -93,7 +99,7 @@ def together(fn):
 def from_main(fn):
     """fn() on rank 0 alone; every process gets its result (the same objects), or stops with rank 0's error.
     Used for the teacher's answers: only rank 0 asks, and every rank trains on exactly its data."""
-    if world() == 1:
+    if processes() == 1:
         return fn()
     box = [None]
     if is_main():
@@ -112,7 +118,8 @@ def from_main(fn):
     return value
 
 
-def world():
+def processes():
+    """How many processes train together (1 without torchrun)."""
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
@@ -125,7 +132,7 @@ def is_main():
 
 
 def barrier():
-    if world() > 1:
+    if processes() > 1:
         dist.barrier()
 
 
@@ -134,7 +141,7 @@ def finish():
     skipped is the interpreter's finalisation, where tensors still held by gloo's worker threads can abort a
     process at exit (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#179291). It hit
     a two-process test twice in three CI runs of the whole suite and never in isolation."""
-    if world() > 1:
+    if processes() > 1:
         dist.barrier()
         dist.destroy_process_group()
         sys.stdout.flush()
@@ -144,38 +151,38 @@ def finish():
 
 def check(batch_prompts):
     """A one-line error when the step's prompts cannot be split into whole groups per rank."""
-    if batch_prompts % world():
-        raise SystemExit(f"train_gad.py: --batch-prompts {batch_prompts} must be a multiple of the {world()} "
+    if batch_prompts % processes():
+        raise SystemExit(f"train_gad.py: --batch-prompts {batch_prompts} must be a multiple of the {processes()} "
                          "torchrun processes (each process samples whole prompt groups)")
 
 
 # ---------------------------------------------------------------------------- the batch and the counts
 def local(batch):
     """This rank's prompts of the step (a data.Batch): prompts rank*B/N ... (rank+1)*B/N, rows cut to their longest."""
-    if world() == 1:
+    if processes() == 1:
         return batch
-    per = len(batch.prompts) // world()
+    per = len(batch.prompts) // processes()
     i, j = rank() * per, (rank() + 1) * per
     return Batch(batch.idx[i:j], batch.prompts[i:j], cut(batch.teacher, i, j), cut(batch.teacher_for_d, i, j))
 
 
 def token_count(count):
     """The count a rank divides its token sum by: all ranks' tokens / N (FSDP then averages over the N ranks)."""
-    if world() == 1:
+    if processes() == 1:
         return count
     total = torch.as_tensor(count, dtype=torch.float64).clone()
     dist.all_reduce(total)
-    return (total / world()).to(torch.float32)
+    return (total / processes()).to(torch.float32)
 
 
 def mean(x):
     """The mean over ranks of a number."""
-    return _reduced(x, dist.ReduceOp.SUM) / world() if world() > 1 else x
+    return _reduced(x, dist.ReduceOp.SUM) / processes() if processes() > 1 else x
 
 
 def largest(x):
     """The largest over ranks of a number."""
-    return _reduced(x, dist.ReduceOp.MAX) if world() > 1 else x
+    return _reduced(x, dist.ReduceOp.MAX) if processes() > 1 else x
 
 
 def _reduced(x, op):
@@ -186,24 +193,24 @@ def _reduced(x, op):
 
 def mean_metrics(metrics):
     """Every numeric metric averaged over ranks (None stays None: a skipped update is skipped on every rank)."""
-    if world() == 1:
+    if processes() == 1:
         return metrics
     keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
     t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
-    return metrics | {k: v / world() for k, v in zip(keys, t.tolist())}
+    return metrics | {k: v / processes() for k, v in zip(keys, t.tolist())}
 
 
 def gather(t):
     """The tensors of all ranks concatenated in rank order (equal sizes): for metrics over the whole batch."""
-    if world() == 1:
+    if processes() == 1:
         return t
-    parts = [torch.empty_like(t) for _ in range(world())]
+    parts = [torch.empty_like(t) for _ in range(processes())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
 
 
-def full(norm):
+def full_tensor(norm):
     """A gradient norm that clip_grad_norm_ returned as a DTensor (FSDP) as an ordinary tensor."""
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
@@ -213,7 +220,7 @@ def shard(model, device, layers_of=None):
     """One process: the model on device. Under torchrun, FSDP2: one unit per decoder layer + the root, each rank
     keeping its shard on its device. layers_of: the HF model whose _no_split_modules names the layer classes (the
     model itself for G; D's backbone for D). Its `generate` gathers the weights once per call."""
-    if world() == 1:
+    if processes() == 1:
         return model.to(device)
     names = set(getattr(layers_of or model, "_no_split_modules", None) or [])
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if BF16 else None
@@ -260,18 +267,18 @@ def gathered(model):
 # ---------------------------------------------------------------------------- checkpoints
 def full_weights(model):
     """{} in one process; under torchrun {"state_dict": the full weights} (on rank 0; every rank must call this)."""
-    if world() == 1:
+    if processes() == 1:
         return {}
     return {"state_dict": get_model_state_dict(model, options=FULL)}
 
 
 def optimizer_state(model, opt):
     """The optimiser's state to save: its state_dict in one process, the full (unsharded) one under torchrun."""
-    return opt.state_dict() if world() == 1 else get_optimizer_state_dict(model, opt, options=FULL)
+    return opt.state_dict() if processes() == 1 else get_optimizer_state_dict(model, opt, options=FULL)
 
 
 def load_optimizer_state(model, opt, state):
-    if world() == 1:
+    if processes() == 1:
         opt.load_state_dict(state)
     else:
         set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
@@ -280,14 +287,14 @@ def load_optimizer_state(model, opt, state):
 def rng_states():
     """[per rank: (torch CPU RNG state, this rank's CUDA RNG state or None)], on every rank."""
     mine = (torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
-    if world() == 1:
+    if processes() == 1:
         return [mine]
-    states = [None] * world()
+    states = [None] * processes()
     dist.all_gather_object(states, mine)
     return states
 
 
 def seed(base):
     """Under torchrun, each rank samples with its own RNG stream (after the models are built alike)."""
-    if world() > 1:
+    if processes() > 1:
         torch.manual_seed(base + 1_000_003 * rank())

@@ -1,16 +1,16 @@
 """Run support for train_gad.py: nothing here is the algorithm.
 
-    parse_args          the flags of train_gad.CONFIG, each checked (one line per bad value, before anything loads)
-    Run                 the run folder: the same flags on --resume, which phases are left, config.json, then per
-                        step: the log (metrics.jsonl + a line), the non-finite guard and the resume points
+    parse_args          the flags of train_gad.GROUPS, each checked against its bound (one line per bad value, before
+                        anything loads), in four --help groups
+    Run                 the run folder: locked, the same flags on --resume, which phases are left, config.json, then
+                        per step: evaluate_if_due, log (metrics.jsonl, a line, the non-finite guard), show_sample,
+                        save_if_due (resume points)
     starting_student    the embedded world's pretrained student, shared by the runs under one parent folder
-    load_generator / load_discriminator / reference / save_players / amp     the players (sharded under torchrun:
-                        parallel.py), their checkpoints and precision
+    save_players        the players' checkpoints (runs/x/<warmup|gad|seqkd>/)
     evaluate            the final judgement (embedded world), or how to judge a real-model run
 """
 import argparse
 import contextlib
-import fcntl
 import importlib.util
 import json
 import math
@@ -18,37 +18,37 @@ import os
 import reprlib
 import shutil
 import sys
-import uuid
 
 import torch
 import yaml
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM
 
 import checkpoint
 import parallel
 import world
-from discriminator import Discriminator
-from generator import load_tokenizer
-from eval import evaluate as evaluate_run, judge_responses, student_responses
+from data import load_tokenizer
+from eval import evaluate as evaluate_run, sample_and_judge
 from teacher import redact_url
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PHASES = {"all": ["gad", "seqkd"], "gad": ["gad"], "seqkd": ["seqkd"]}
 STAGES = {"gad": {"warmup", "gad"}, "seqkd": {"seqkd"}}  # the metrics.jsonl stages each phase writes
 
 
 # ---------------------------------------------------------------------------- flags
-def parse_args(config, argv=None, doc=None):
+def parse_args(groups, argv=None, doc=None):
+    """groups: {title: {name: (default, meaning, bound)}} -> the checked flags (argparse.Namespace)."""
+    config = {name: entry for flags in groups.values() for name, entry in flags.items()}
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="", help="a YAML or JSON file of flag values named as the flags (a run's "
                     "config.json repeats that run); flags on the command line win")
-    for name, (default, meaning) in config.items():
-        if isinstance(default, bool):
-            ap.add_argument("--" + name.replace("_", "-"), action="store_true", help=meaning)
-        else:
-            ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                            help=f"{meaning} (default: {default!r})")
+    for title, flags in groups.items():
+        group = ap.add_argument_group(title)
+        for name, (default, meaning, _) in flags.items():
+            if isinstance(default, bool):
+                group.add_argument("--" + name.replace("_", "-"), action="store_true", help=meaning)
+            else:
+                group.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                                   help=f"{meaning} (default: {default!r})")
     path = ap.parse_known_args(argv)[0].config
     values = read_config(path, config, ap.error) if path else {}
     ap.set_defaults(**values)  # the file's values become the defaults, so the command line wins
@@ -57,7 +57,7 @@ def parse_args(config, argv=None, doc=None):
     cfg.as_given = {}
     if cfg.seqkd_steps == -1:
         cfg.as_given["seqkd_steps"], cfg.seqkd_steps = -1, cfg.warmup_steps + cfg.gad_steps
-    check(cfg, ap.error)
+    check(cfg, config, ap.error)
     given = sys.argv[1:] if argv is None else argv
     if "out_dir" in values and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in given) \
             and os.path.exists(os.path.join(cfg.out_dir, "config.json")) and not cfg.resume:
@@ -109,45 +109,29 @@ def short(value):
     return brief.repr(value)[:80]
 
 
-def check(cfg, error):
-    """Every flag value that cannot work gets one line here, before any data file, model or teacher is touched."""
+def check(cfg, config, error):
+    """Every flag value that cannot work gets one line here, before any data file, model or teacher is touched:
+    each flag against the bound of its entry, then what depends on several flags or on the disk."""
     for name, value in vars(cfg).items():
         if isinstance(value, float) and not math.isfinite(value):
             error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    if cfg.mode not in PHASES:
-        error(f"--mode must be all, gad or seqkd, got {cfg.mode!r}")
+    for name, (_, _, bound) in config.items():
+        value = getattr(cfg, name)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(bound, tuple) and value not in bound:
+            error(f"{flag} must be one of {', '.join(bound)}, got {value!r}")
+        elif isinstance(bound, str):
+            kind, low = bound.split()
+            if (value < float(low)) if kind == ">=" else (value <= float(low)):
+                error(f"{flag} must be {bound}, got {value}")
     if cfg.teacher_batch and not cfg.teacher.startswith("openai:"):
         error(f"--teacher-batch needs an openai:MODEL teacher (the Batch API), got --teacher {cfg.teacher}")
-    if cfg.teacher_batch_poll <= 0:
-        error(f"--teacher-batch-poll must be > 0, got {cfg.teacher_batch_poll}")
-    if cfg.report_to not in ("none", "tensorboard", "wandb"):
-        error(f"--report-to must be none, tensorboard or wandb, got {cfg.report_to!r}")
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
         error(f"--report-to {cfg.report_to}: the package is not installed (pip install -r requirements-tracking.txt)")
-    if cfg.world not in world.WORLDS:
-        error(f"--world must be one of {', '.join(world.WORLDS)}, got {cfg.world!r}")
     if cfg.student_hidden % 4:
         error(f"--student-hidden must be a multiple of 4 (4 attention heads), got {cfg.student_hidden}")
     if cfg.train_prompts and cfg.train_prompts < cfg.batch_prompts:
         error(f"--train-prompts {cfg.train_prompts} is smaller than --batch-prompts {cfg.batch_prompts}")
-    if cfg.d_loss not in ("bt", "bce"):
-        error(f"--d-loss must be bt or bce, got {cfg.d_loss!r}")
-    if cfg.n_samples < 2:
-        error(f"--n-samples must be >= 2 for group-normalised advantages, got {cfg.n_samples}")
-    at_least = {"lr_warmup": 0, "lr_gad": 0, "lr_d": 0, "lr_seqkd": 0, "kl_coef": 0, "clip_eps": 0, "weight_decay": 0,
-                "warmup_steps": 0, "d_only_steps": 0, "gad_steps": 0, "seqkd_steps": 0, "save_every": 0,
-                "eval_every": 0, "micro_batch_size": 0, "teacher_temperature": 0, "eval_temperature": 0,
-                "batch_prompts": 1, "d_steps": 1, "train_prompts": 0, "student_layers": 1, "student_hidden": 4,
-                "max_response_len": 1, "max_prompt_len": 1, "gen_batch_size": 1, "teacher_concurrency": 1,
-                "teacher_max_tokens": 1, "pretrain_steps": 1, "max_bad_steps": 1, "eval_samples": 1, "log_every": 1,
-                "sample_every": 1}
-    for name, low in at_least.items():
-        if getattr(cfg, name) < low:
-            error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
-    for name in ("temperature", "grad_clip", "teacher_timeout"):
-        if getattr(cfg, name) <= 0:
-            error(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}"
-                  + (" (on-policy sampling needs a temperature)" if name == "temperature" else ""))
     if set(cfg.eval_models.split(",")) - {"", "before", "warmup", "seqkd", "gad"}:
         error(f"--eval-models: choose from before,warmup,seqkd,gad (comma-separated), got {cfg.eval_models!r}")
     if cfg.prompts and cfg.teacher_data:
@@ -179,12 +163,14 @@ class Run:
     a fresh start in a folder that holds another run (other flags) is refused, so two runs never mix there."""
 
     def __init__(self, cfg, log):
-        self.cfg, self.log, self.bad = cfg, log, 0
+        self.cfg = cfg
+        self.say = log          # rank 0's console (a no-op on the others)
+        self.bad = 0            # consecutive non-finite steps
         self.config = config_record(cfg)
         for name, value in cfg.as_given.items():
             log(f"[config] --{name.replace('_', '-')} {value} -> {getattr(cfg, name)}")
         self.config_path = os.path.join(cfg.out_dir, "config.json")
-        self.lock = lock_folder(cfg.out_dir) if parallel.is_main() else None
+        self.lock = checkpoint.lock_folder(cfg.out_dir) if parallel.is_main() else None
         try:
             self.same_run()
         except SystemExit:
@@ -230,11 +216,11 @@ class Run:
             raise SystemExit(f"train_gad.py: --resume: the resume point is for phase {resume['phase']!r}, "
                              f"which --mode {cfg.mode} does not run")
         if resume:
-            self.log(f"[resume] continuing at {resume['phase']} step {resume['next_step']}")
+            self.say(f"[resume] continuing at {resume['phase']} step {resume['next_step']}")
             phases = phases[phases.index(resume["phase"]):] if resume["phase"] in phases else []
         else:
             if cfg.resume:
-                self.log(f"[resume] no resume point in {cfg.out_dir}: starting from the beginning")
+                self.say(f"[resume] no resume point in {cfg.out_dir}: starting from the beginning")
             if main:
                 shutil.rmtree(os.path.join(cfg.out_dir, "resume"), ignore_errors=True)
         if main:
@@ -242,7 +228,7 @@ class Run:
                                      resume["next_step"] if resume else 0)
         parallel.barrier()
         self.phases = phases
-        self.tracker = Tracker(cfg, self.config, resume) if main else None
+        self.tracker = checkpoint.Tracker(cfg, self.config, resume) if main else None
         return [(p, resume if resume and resume["phase"] == p and resume["dir"] else None) for p in phases]
 
     def finish(self, phase):
@@ -257,33 +243,40 @@ class Run:
         return tqdm(range(start, total), desc=desc, initial=start, total=total,
                     disable=None if parallel.is_main() else True)
 
-    def end_step(self, stage, step, metrics, seconds, data, batch, samples, tok, players):
-        """After one step: judge (--eval-every), log, stop after too many non-finite steps, write a resume point.
-        players = (G, G's optimiser, D or None, D's optimiser or None)."""
-        cfg, metrics = self.cfg, parallel.mean_metrics(metrics)  # under torchrun: the means over all ranks
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            metrics["judge_fidelity"] = judge_fidelity(players[0], tok, cfg)
-        if parallel.is_main():
-            self.write_metrics(stage, step, metrics, seconds, data, batch, samples, tok)
-        self.guard(metrics, stage, step)
-        total = cfg.seqkd_steps if stage == "seqkd" else cfg.warmup_steps + cfg.gad_steps
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-            checkpoint.save_resume(cfg.out_dir, "seqkd" if stage == "seqkd" else "gad", step + 1, tok, data, *players)
+    def evaluate_if_due(self, step, metrics, G, tok):
+        """--eval-every N: the judge's fidelity of G on the test prompts, logged (evaluation only, never trained on)."""
+        if self.cfg.eval_every and step % self.cfg.eval_every == 0:
+            metrics["judge_fidelity"] = judge_fidelity(G, tok, self.cfg)
+        return metrics
 
-    def write_metrics(self, stage, step, metrics, seconds, data, batch, samples, tok):
-        """metrics.jsonl (one JSON object per step) + a concise line every log_every steps."""
-        rec = checkpoint.json_safe({"stage": stage, "step": step, **metrics, "seconds": round(seconds, 4)})
-        checkpoint.append_jsonl(os.path.join(self.cfg.out_dir, "metrics.jsonl"), rec)
-        self.tracker.log(rec)
-        if step % self.cfg.log_every == 0:
-            keys = ["d_loss", "d_acc", "d_gap", "sft_loss", "reward_mean", "reward_group_std", "kl",
-                    "entropy", "response_length"]
-            tqdm.write(f"[{stage} {step:4d}] " + " ".join(f"{k} {rec[k]:.3f}" for k in keys if rec.get(k) is not None))
-        if samples is not None and step % self.cfg.sample_every == 0:
+    def log(self, stage, step, metrics, seconds):
+        """One metrics.jsonl record (and the tracker's), a console line every log_every steps; then the non-finite
+        guard: the run stops after max_bad_steps skipped updates in a row."""
+        if parallel.is_main():
+            rec = checkpoint.json_safe({"stage": stage, "step": step, **metrics, "seconds": round(seconds, 4)})
+            checkpoint.append_jsonl(os.path.join(self.cfg.out_dir, "metrics.jsonl"), rec)
+            self.tracker.log(rec)
+            if step % self.cfg.log_every == 0:
+                keys = ["d_loss", "d_acc", "d_gap", "sft_loss", "reward_mean", "reward_group_std", "kl",
+                        "entropy", "response_length"]
+                shown = " ".join(f"{k} {rec[k]:.3f}" for k in keys if rec.get(k) is not None)
+                tqdm.write(f"[{stage} {step:4d}] {shown}")
+        self.guard(metrics, stage, step)
+
+    def show_sample(self, stage, step, data, batch, samples, tok):
+        """Every sample_every steps: one prompt, G's first sample for it, the teacher's answer."""
+        if parallel.is_main() and samples is not None and step % self.cfg.sample_every == 0:
             i = batch.idx[0]
             tqdm.write(f"  prompt : {data.prompts[i][-1]['content']}\n"
                        f"  student: {tok.decode(samples[0], skip_special_tokens=True)}\n"
                        f"  teacher: {data.teacher_texts[i]}")
+
+    def save_if_due(self, phase, step, tok, data, G, g_opt, D=None, d_opt=None):
+        """Every save_every steps (not after the last): a resume point of the phase ("gad" or "seqkd")."""
+        cfg = self.cfg
+        total = cfg.seqkd_steps if phase == "seqkd" else cfg.warmup_steps + cfg.gad_steps
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+            checkpoint.save_resume(cfg.out_dir, phase, step + 1, tok, data, G, g_opt, D, d_opt)
 
     def guard(self, metrics, stage, step):
         """Counts consecutive skipped (non-finite) steps; stops the run when there are too many."""
@@ -298,72 +291,6 @@ class Run:
                              f"steps; last good resume point: {last['dir'] if last else 'none'}")
 
 
-class Tracker:
-    """--report-to: every metrics.jsonl record also goes to TensorBoard (out_dir/tensorboard/<gad|seqkd>/) or Weights &
-    Biases (project $WANDB_PROJECT, default "gad"; offline with WANDB_MODE=offline), with the run's config. Rank 0 only.
-    A resumed run continues its W&B run and TensorBoard drops the steps it redoes; a fresh start is a new W&B run."""
-
-    def __init__(self, cfg, config, resume=None):
-        self.kind, self.writer, self.writers, self.config = cfg.report_to, None, {}, config
-        self.out_dir, self.resume = cfg.out_dir, resume
-        if self.kind == "wandb":
-            import wandb  # optional extra: requirements-tracking.txt
-            # W&B records the command line (sys.argv): no credential in it may reach the tracker
-            sys.argv[:] = [redact_url(a) for a in sys.argv]
-            id_file = os.path.join(cfg.out_dir, "wandb_run_id.txt")  # --resume continues the same W&B run
-            run_id = open(id_file).read().strip() if cfg.resume and os.path.exists(id_file) else uuid.uuid4().hex[:8]
-            with open(id_file, "w") as f:
-                f.write(run_id)
-            self.writer = wandb.init(project=os.environ.get("WANDB_PROJECT", "gad"), id=run_id, resume="allow",
-                                     name=os.path.basename(os.path.abspath(cfg.out_dir)), dir=cfg.out_dir,
-                                     config=config)
-
-    def tensorboard(self, phase):
-        """One event folder per phase; purge_step hides what an earlier invocation logged from the step redone on."""
-        if phase not in self.writers:
-            from torch.utils.tensorboard import SummaryWriter  # optional extra: requirements-tracking.txt
-            start = self.resume["next_step"] if self.resume and self.resume["phase"] == phase else 0
-            self.writers[phase] = SummaryWriter(os.path.join(self.out_dir, "tensorboard", phase), purge_step=start)
-            text = json.dumps(self.config, indent=2).replace("\n", "\n    ")
-            self.writers[phase].add_text("config", "    " + text)
-        return self.writers[phase]
-
-    def log(self, rec):
-        values = {f"{rec['stage']}/{k}": v for k, v in rec.items()
-                  if k not in ("stage", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if self.kind == "tensorboard":
-            writer = self.tensorboard("seqkd" if rec["stage"] == "seqkd" else "gad")
-            for key, value in values.items():
-                writer.add_scalar(key, value, rec["step"])
-            writer.flush()
-        elif self.kind == "wandb":
-            self.writer.log({**values, f"{rec['stage']}/step": rec["step"]})
-
-    def close(self):
-        for writer in self.writers.values():
-            writer.close()
-        self.writers = {}
-        if self.writer is not None:
-            self.writer.finish()
-            self.writer = None
-
-
-def lock_folder(out_dir):
-    """An exclusive lock on out_dir/.lock for this process's life: a second run on the same folder stops at once."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        f = open(os.path.join(out_dir, ".lock"), "a")
-    except OSError as e:
-        raise SystemExit(f"train_gad.py: cannot write to --out-dir {out_dir}: {e.strerror}") from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise SystemExit(f"train_gad.py: another train_gad.py is running in {out_dir} (it holds {f.name}); wait for it "
-                         "to end, or give this run another --out-dir") from None
-    return f
-
-
 def interrupted():
     """Ctrl-C: one line, then leave at once (requests in flight are not waited for; everything written is whole)."""
     sys.stdout.flush()
@@ -373,37 +300,6 @@ def interrupted():
 
 
 # ---------------------------------------------------------------------------- the players' checkpoints
-def amp():
-    """bf16 autocast on GPU (weights and optimiser stay fp32); plain fp32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if DEVICE == "cuda" else contextlib.nullcontext()
-
-
-def model_kwargs(cfg):
-    # fp32 master weights everywhere (bf16 weights would round away 1e-6-sized updates); bf16 autocast on GPU
-    return dict(dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
-
-
-def load_generator(path, cfg):
-    """G (or the KL reference): a causal LM from a checkpoint folder or hub name."""
-    G = AutoModelForCausalLM.from_pretrained(path, **model_kwargs(cfg))
-    if cfg.gradient_checkpointing:  # transformers 5 renamed it; older: the 2nd name
-        getattr(G, "activation_checkpointing_enable", G.gradient_checkpointing_enable)()
-    return parallel.shard(G, DEVICE)
-
-
-def load_discriminator(path, cfg):
-    """D: the backbone alone (no LM head is loaded) + a fresh scalar head, unless one is saved there."""
-    D = Discriminator.from_pretrained(path, **model_kwargs(cfg))
-    if cfg.gradient_checkpointing:
-        getattr(D.backbone, "activation_checkpointing_enable", D.backbone.gradient_checkpointing_enable)()
-    return parallel.shard(D, DEVICE, layers_of=D.backbone)
-
-
-def reference(cfg):
-    """The KL reference of stage 2: the post-warmup G, frozen (read back from runs/x/warmup/generator)."""
-    return load_generator(os.path.join(cfg.out_dir, "warmup", "generator"), cfg).eval().requires_grad_(False)
-
-
 def save_players(G, D, tok, name, cfg):
     """runs/<name>/<warmup|gad|seqkd>/generator (and discriminator/): plain save_pretrained folders."""
     checkpoint.save_model(G, os.path.join(cfg.out_dir, name, "generator"), tok)
@@ -481,9 +377,9 @@ def judge_fidelity(G, tok, cfg):
     """Privileged-judge fidelity of G on the test prompts, 1 sample each; the RNG is left untouched."""
     state = torch.get_rng_state()
     prompts = world.prompts("test")
-    texts, _ = student_responses(G, tok, prompts, 1, cfg.eval_temperature, cfg.max_response_len)
+    fidelity = sample_and_judge(G, tok, prompts, 1, cfg.eval_temperature, cfg.max_response_len)[0]["fidelity"]
     torch.set_rng_state(state)
-    return judge_responses(prompts, texts, 1)["fidelity"]
+    return fidelity
 
 
 def evaluate(cfg, log):

@@ -1,27 +1,16 @@
 """The black-box teacher: chat messages in, response *text* out -- nothing else (no logits, no tokens).
 
-A teacher is any object with
-    name: str                                  identifies the model and endpoint (part of the cache key)
-    params: dict                               sampling parameters (part of the cache key)
-    answer(messages, n) -> (texts, finishes)   n responses to one prompt; finish is "stop", "length" (cut
-                                               off at the teacher's token limit) or "refused" (text None)
-    respond(messages, n) -> texts              the texts alone
-
-Teachers here (`make_teacher(spec)`):
-    embedded          the embedded world's teacher program (world.py)
-    openai:MODEL      any OpenAI-compatible chat endpoint (--teacher-base-url; key from the environment)
-    hf:PATH           a local Hugging Face chat model, optionally with a hidden system prompt
-                      ("context distillation": the student learns the behaviour without the prompt)
+A teacher has `name` and `params` (both part of the cache key) and `answer(messages, n) -> (texts, finishes)`,
+finish "stop", "length" (cut off at the teacher's token limit) or "refused" (text None); `respond` gives the texts.
+`make_teacher(spec)`: embedded (the embedded world's program), openai:MODEL (any OpenAI-compatible endpoint; the key
+from the environment) or hf:PATH (a local chat model, optionally with a hidden system prompt: context distillation).
 Pre-collected pairs in the paper's format are read by data.py instead (`--teacher-data`).
 
-`TeacherCache` keeps every collected response on disk (JSONL, one line per prompt), keyed by a hash of
-(teacher name, messages, params), so a response is never paid for twice and an interrupted collection
-resumes where it stopped. One cache per teacher is shared by every run under the same runs/ folder
-(`default_cache_path`). `collect` is the only way training reads the teacher. Its policy:
-  - an empty or whitespace-only answer is a transient failure: asked again (EMPTY_RETRIES times), and
-    asked again on the next collection if it is still empty in the cache;
-  - a refusal (finish "refused") and an answer cut off by the teacher's token limit ("length") are
-    recorded as such and never asked again; training leaves both out and counts them in the log.
+`TeacherCache` keeps every answer on disk (JSONL, a line per prompt, keyed by a hash of teacher, messages and
+params), shared by the runs under one runs/ folder, so an answer is never paid for twice and an interrupted
+collection resumes. `collect` is the only way training reads the teacher: an empty answer is asked again
+(EMPTY_RETRIES times, and again by the next collection); a refusal or a cut-off answer is recorded, never asked
+again, and left out of training. `training_pairs` is train_gad's stage 0.
 """
 import contextlib
 import fcntl
@@ -38,6 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import checkpoint
+import data
 import generator
 import world
 
@@ -61,6 +52,11 @@ class EmbeddedTeacher:
         return self.respond(messages, n), ["stop"] * n
 
 
+def with_system_prompt(messages, system_prompt):
+    """The messages a teacher is sent: its hidden system prompt (if any) first."""
+    return [{"role": "system", "content": system_prompt}] + list(messages) if system_prompt else list(messages)
+
+
 def cache_key(teacher_name, messages, params):
     blob = json.dumps({"teacher": teacher_name, "messages": messages, "params": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -69,7 +65,8 @@ def cache_key(teacher_name, messages, params):
 def default_cache_path(runs_dir, teacher_name):
     """One cache file per teacher, shared by the runs under runs_dir: runs_dir/.teacher_cache/<teacher>.jsonl."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", teacher_name)[:60]
-    return os.path.join(runs_dir, ".teacher_cache", f"{slug}-{hashlib.sha256(teacher_name.encode()).hexdigest()[:8]}.jsonl")
+    digest = hashlib.sha256(teacher_name.encode()).hexdigest()[:8]
+    return os.path.join(runs_dir, ".teacher_cache", f"{slug}-{digest}.jsonl")
 
 
 def is_empty(text):
@@ -90,14 +87,10 @@ RECORD_START = b'{"key": "'  # how every cache line begins (json.dumps of put's 
 
 
 class TeacherCache:
-    """Append-only JSONL: {"key", "teacher", "messages", "params", "responses", "finish"} per line.
-
-    Each line is one write under an exclusive file lock (runs running side by side may share the file),
-    flushed to disk, so a crash loses at most the line being written. A torn last line (a crash mid-write,
-    by this run or another) is cut off before the next append, so it never swallows the next record, and
-    only that one answer is asked again; it is reported once (`torn_lines`). A file whose first line is
-    not a cache record (a user's data file given as --teacher-cache) is refused, never changed. A complete
-    cache on a read-only mount is read and used as is; only a missing answer needs the file writable."""
+    """Append-only JSONL: {"key", "teacher", "messages", "params", "responses", "finish"} per line, each one locked
+    write (`checkpoint.append_locked`: runs side by side may share the file), so a crash loses at most the line being
+    written, and only that answer is asked again (`torn_lines`). A file whose first line is not a cache record (a data
+    file given as --teacher-cache) is refused, never changed; a complete cache on a read-only mount is used as is."""
 
     def __init__(self, path, log=None):
         self.path, self.log = path, log
@@ -135,8 +128,7 @@ class TeacherCache:
             if rec is None:
                 self.torn_lines += 1  # a damaged line: its answer is asked again
             else:
-                self.entries[rec["key"]] = (rec["responses"], rec.get("finish") or
-                                            ["refused" if t is None else "stop" for t in rec["responses"]])
+                self.entries[rec["key"]] = (rec["responses"], rec["finish"])
         self.offset += end
 
     def get(self, key):
@@ -164,22 +156,10 @@ class TeacherCache:
             yield
 
     def put(self, key, teacher, messages, params, responses, finish):
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         rec = {"key": key, "teacher": teacher, "messages": messages, "params": params, "responses": responses,
                "finish": finish}
-        line = (json.dumps(rec) + "\n").encode("utf-8")
         with self.lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":  # a fragment another writer left: cut it off
-                    os.ftruncate(fd, size - len(_last_line(fd, size)))
-                    self.torn_lines += 1
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self.torn_lines += checkpoint.append_locked(self.path, (json.dumps(rec) + "\n").encode("utf-8"))
             self.entries[key] = (responses, finish)
 
 
@@ -187,7 +167,8 @@ def _record(line):
     """The cache record a line holds, or None."""
     try:
         rec = json.loads(line.decode("utf-8"))
-        return rec if isinstance(rec, dict) and isinstance(rec.get("key"), str) and "responses" in rec else None
+        whole = isinstance(rec, dict) and isinstance(rec.get("key"), str) and {"responses", "finish"} <= set(rec)
+        return rec if whole else None
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
 
@@ -195,17 +176,6 @@ def _record(line):
 def _record_start(fragment):
     """Whether bytes can be the start of a cache line (a torn one)."""
     return fragment.startswith(RECORD_START) or RECORD_START.startswith(fragment)
-
-
-def _last_line(fd, size, block=1 << 16):
-    """The bytes after the file's last newline."""
-    start = max(0, size - block)
-    while True:
-        data = os.pread(fd, size - start, start)
-        cut = data.rfind(b"\n")
-        if cut >= 0 or start == 0:
-            return data[cut + 1:]
-        start = max(0, start - block)
 
 
 def collect(teacher, prompts, cache, n=1, concurrency=1, log=None):
@@ -310,8 +280,7 @@ class OpenAITeacher:
         return self.answer(messages, n)[0]
 
     def answer(self, messages, n=1):
-        if self.system_prompt:
-            messages = [{"role": "system", "content": self.system_prompt}] + list(messages)
+        messages = with_system_prompt(messages, self.system_prompt)
         for attempt in range(self.max_retries + 1):
             try:
                 r = self.client.chat.completions.create(model=self.model, messages=messages, n=n,
@@ -355,6 +324,7 @@ class HFTeacher:
         self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
         self.system_prompt = system_prompt
+        self.lock = threading.Lock()
         self.name = f"hf:{os.path.abspath(path)}"
         self.params = {"temperature": temperature, "max_new_tokens": max_new_tokens}
         if system_prompt:
@@ -364,10 +334,10 @@ class HFTeacher:
         return self.answer(messages, n)[0]
 
     def answer(self, messages, n=1):
-        if self.system_prompt:
-            messages = [{"role": "system", "content": self.system_prompt}] + list(messages)
-        ids = generator.sample(self.model, self.tok, [generator.prompt_ids(self.tok, messages)], n,
-                               self.params["temperature"], self.params["max_new_tokens"])
+        prompt = data.prompt_ids(self.tok, with_system_prompt(messages, self.system_prompt))
+        with self.lock:  # collect's threads share this one model (sample swaps its generation_config)
+            ids = generator.sample(self.model, self.tok, [prompt], n, self.params["temperature"],
+                                   self.params["max_new_tokens"])
         return ([self.tok.decode(r, skip_special_tokens=True).strip() for r in ids],
                 ["stop" if generator.finished(r, self.tok.eos_token_id) else "length" for r in ids])
 
@@ -396,3 +366,36 @@ def trainable(finishes, texts, log):
         if count:
             log(f"[teacher] {count} of {len(texts)} answers {why}: recorded in the cache, not trained on")
     return [i for i, (t, f) in enumerate(zip(texts, finishes)) if f == "stop" and t and t.strip()]
+
+
+# ---------------------------------------------------------------------------- stage 0 of train_gad
+def training_pairs(cfg, records, tok, log):
+    """(prompts, teacher texts) to train on: from --teacher-data, or by asking cfg's teacher (cached; the Batch API
+    with --teacher-batch). Prompts over --max-prompt-len are left out before anything is asked; empty, refused
+    and cut-off answers after; each with a count in the log."""
+    from teacher_batch import collect_batch  # (teacher_batch.py builds on this file)
+    if cfg.teacher_data:
+        records = data.fixed_subset(records, cfg.train_prompts, log)
+        log(f"[teacher] {len(records)} pre-collected responses from {cfg.teacher_data}; no teacher calls")
+        return [r["messages"] for r in records], [r["teacher_response"] for r in records]
+    prompts = [r["messages"] for r in records] if records else world.prompts("train")
+    prompts = data.within_prompt_len(data.fixed_subset(prompts, cfg.train_prompts, log), tok, cfg.max_prompt_len, log)
+    try:
+        teacher = make_teacher(cfg.teacher, seed=cfg.seed, base_url=cfg.teacher_base_url or None,
+                               system_prompt=cfg.teacher_system_prompt or None, temperature=cfg.teacher_temperature,
+                               max_tokens=cfg.teacher_max_tokens, timeout=cfg.teacher_timeout,
+                               trust_remote_code=cfg.trust_remote_code, log=log)
+        path = cfg.teacher_cache or default_cache_path(os.path.dirname(os.path.abspath(cfg.out_dir)), teacher.name)
+        cache = TeacherCache(path, log)
+        if cfg.teacher_batch:  # what the batch does not answer is asked live below
+            collect_batch(teacher, prompts, cache, os.path.join(cfg.out_dir, "teacher_batch.json"), log,
+                          cfg.teacher_batch_poll)
+        texts, finishes, calls = collect(teacher, prompts, cache, n=1, concurrency=cfg.teacher_concurrency, log=log)
+    except TeacherError as e:
+        raise SystemExit(f"train_gad.py: {e}")
+    retries = getattr(teacher, "retries", 0)
+    log(f"[teacher] {len(prompts)} prompts: {calls} teacher calls, {len(prompts) - calls} from the cache ({path})"
+        + (f", {retries} retries" if retries else ""))
+    texts = [t[0] for t in texts]
+    keep = trainable([f[0] for f in finishes], texts, log)
+    return [prompts[i] for i in keep], [texts[i] for i in keep]

@@ -25,7 +25,7 @@ import openai
 from tqdm import tqdm
 
 from checkpoint import write_json
-from teacher import TeacherError, _scrub, cache_key, finish_of, is_empty, to_ask
+from teacher import TeacherError, _scrub, cache_key, finish_of, is_empty, to_ask, with_system_prompt
 
 DONE = ("completed", "failed", "expired", "cancelled")
 
@@ -68,9 +68,7 @@ def requests_file(teacher, keys, by_key):
     """The batch input: one /v1/chat/completions request per line, the same request a live call makes."""
     lines = []
     for key in keys:
-        messages = by_key[key]
-        if teacher.system_prompt:
-            messages = [{"role": "system", "content": teacher.system_prompt}] + list(messages)
+        messages = with_system_prompt(by_key[key], teacher.system_prompt)
         lines.append(json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
                                  "body": {"model": teacher.model, "messages": messages, "n": 1,
                                           "temperature": teacher.params["temperature"],

@@ -18,7 +18,6 @@ round-trips exactly and the judge can parse responses.
 """
 import argparse
 import hashlib
-import itertools
 import json
 import os
 import random
@@ -30,7 +29,8 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from generator import pack, prompt_ids, response_ids, sft_loss
+from data import pack, prompt_ids, response_ids
+from generator import sft_loss
 
 # ---------------------------------------------------------------------------- the world's facts
 CATEGORIES = {  # category -> (topics, adjectives the teacher may use, verbs of the "fact" mode)
@@ -83,7 +83,7 @@ def use(name):
 
 
 def version():
-    """The active world's name in caches and checkpoints ("world-v1" for the default, as before variants)."""
+    """The active world's name in caches and checkpoints: world-v1 (the default world) or <variant>-v1."""
     return "world-v1" if ACTIVE["world"] == "default" else f"{ACTIVE['world']}-v1"
 # The starting student's pretraining mix: teacher-like answers are a minority (25%).
 PRETRAIN_STYLES = {"teacher": 0.25, "plain": 0.2, "wrong_category": 0.15, "ramble": 0.1,
@@ -280,13 +280,9 @@ SHIPPED_STUDENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embe
 
 def student_spec(seed=0, steps=800, hidden=128, layers=3):
     """(marker, folder name) of a pretrained starting student: the marker (world.json) says which student a
-    folder holds; the default size is left out of both, so older folders still match."""
-    spec = {"seed": seed, "pretrain_steps": steps, "world": f"embedded:{version()}"}
-    name = f"pretrain{seed}-steps{steps}"
-    if (hidden, layers) != (128, 3):  # another size: its own student
-        spec |= {"hidden": hidden, "layers": layers}
-        name += f"-h{hidden}-l{layers}"
-    return spec, name + ("" if ACTIVE["world"] == "default" else f"-{ACTIVE['world']}")
+    folder holds."""
+    spec = {"seed": seed, "pretrain_steps": steps, "world": f"embedded:{version()}", "hidden": hidden, "layers": layers}
+    return spec, f"pretrain{seed}-steps{steps}-h{hidden}-l{layers}-{ACTIVE['world']}"
 
 
 def student_recipe(seed=0, steps=800, batch_size=64, lr=2e-3, hidden=128, layers=3):
@@ -350,13 +346,6 @@ def rebuild(out_dir=SHIPPED_STUDENT, steps=800, log=print):
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir
-
-
-# Number of distinct valid teacher responses per topic (for the README's description of the world).
-def support_size():
-    n = len(CATEGORIES["animal"][1])
-    perms = lambda k: len(list(itertools.permutations(range(n), k)))
-    return n * len(CATEGORIES["animal"][2]) + perms(2) + perms(3)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
   2  generator.group_advantages        group-normalised advantage (paper Eq. 6), all-equal rewards included
   3  generator.k3_kl + masked_mean     the k3 KL estimator and token-mean aggregation with masks
   4  discriminator.last_token_index    where D reads its score, under left and right padding
-  5  train_gad.gad_step                one GAD step in the paper's order, then a tiny run where it alone teaches (~1 min)
+  5  train_gad.gad_step                one GAD step in the paper's order, then a tiny run it alone teaches (~1 min)
 
 Each check prints PASS or FAIL with what went wrong and a hint. The exit status is 0 only when all pass.
 The checks compute the expected values their own way (plain Python loops, Monte Carlo), never by calling
@@ -79,7 +79,8 @@ def checks_1(f):
     def direction():
         t, s = torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0, 0.0, 0.0])
         base = f(t, s, 2)[0].item()
-        expect(f(t + 1, s, 2)[0].item() < base, "raising the teacher's scores must lower D's loss (D ranks teacher first)")
+        expect(f(t + 1, s, 2)[0].item() < base,
+               "raising the teacher's scores must lower D's loss (D ranks teacher first)")
         expect(f(t, s + 1, 2)[0].item() > base, "raising the students' scores must raise D's loss")
 
     def pairing():
@@ -107,7 +108,8 @@ def checks_1(f):
 
     def accuracy():
         _, m = f(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0, -1.0, 1.0]), 2)
-        expect("d_acc" in m, f"metrics should include d_acc (fraction of pairs with D(teacher) > D(student)); got {sorted(m)}")
+        expect("d_acc" in m,
+               f"metrics should include d_acc (fraction of pairs with D(teacher) > D(student)); got {sorted(m)}")
         expect(close(m["d_acc"], 0.5), f"d_acc {m['d_acc']}, expected 0.5 (2 of 4 pairs ranked right)")
 
     return [("value on a small batch", value, "L = mean over all B*n pairs of -log sigmoid(D(x,y_t) - D(x,y_s))"),
@@ -140,13 +142,14 @@ def checks_2(f):
         torch.manual_seed(0)
         r = torch.randn(5 * 8) * 3 + 7
         a = f(r, 8).view(5, 8)
-        expect(a.mean(-1).abs().max().item() < 1e-5, f"each group's advantages should have mean 0, got {a.mean(-1).tolist()}")
+        expect(a.mean(-1).abs().max().item() < 1e-5,
+               f"each group's advantages should have mean 0, got {a.mean(-1).tolist()}")
 
     def all_equal():
         a = f(torch.tensor([2.0, 2.0, 2.0, 2.0, 0.0, 1.0, 2.0, 3.0]), 4)
         expect(torch.isfinite(a).all(), f"all-equal rewards gave {a.tolist()}: 0 / 0 -- add eps to the std")
-        expect(a[:4].abs().max().item() == 0.0, f"a group whose rewards are all equal carries no signal: expected zeros, "
-               f"got {a[:4].tolist()}")
+        expect(a[:4].abs().max().item() == 0.0,
+               f"a group whose rewards are all equal carries no signal: expected zeros, got {a[:4].tolist()}")
         expect(a[4:].abs().max().item() > 0.5, "the second group (0, 1, 2, 3) should keep non-zero advantages")
 
     def invariance():
@@ -154,8 +157,8 @@ def checks_2(f):
         r = torch.randn(3 * 4)
         shift = torch.tensor([5.0, -3.0, 100.0]).repeat_interleave(4)
         a, b = f(r, 4), f(2.5 * r + shift, 4)
-        expect(torch.allclose(a, b, atol=1e-4), "adding a constant to one prompt's rewards, or scaling all rewards by a "
-               "positive factor, must not change the advantages (D's scores have no fixed offset or scale)")
+        expect(torch.allclose(a, b, atol=1e-4), "adding a constant to one prompt's rewards, or scaling all rewards by "
+               "a positive factor, must not change the advantages (D's scores have no fixed offset or scale)")
 
     def groups_not_batch():
         r = torch.tensor([0.0, 1.0, 100.0, 101.0])
@@ -207,7 +210,8 @@ def checks_3(k3, masked_mean):
         mask = torch.tensor([[1, 0, 0], [1, 1, 0]])
         got = masked_mean(x, mask)
         expect(torch.isfinite(got) and close(got.item(), 3.0),
-               f"got {got.item()}, expected 3.0: masked-out positions (padding) can hold NaN or inf; x * mask keeps them")
+               f"got {got.item()}, expected 3.0: masked-out positions (padding) can hold NaN or inf; "
+               "x * mask keeps them")
 
     def mean_all_masked():
         got = masked_mean(torch.ones(2, 3), torch.zeros(2, 3))
@@ -256,7 +260,8 @@ def padding_invariance(f):
     i_r = f(torch.tensor([[1, 1, 1, 0, 0]]))
     i_l = f(torch.tensor([[0, 0, 1, 1, 1]]))
     expect(right[0, i_r[0]].item() == 9.0 and left[0, i_l[0]].item() == 9.0,
-           f"the same response read {right[0, i_r[0]].item()} (right-padded) and {left[0, i_l[0]].item()} (left-padded);"
+           f"the same response read {right[0, i_r[0]].item()} (right-padded) and {left[0, i_l[0]].item()} "
+           "(left-padded);"
            " both should read its last token (9.0), e.g. the EOS")
 
 
@@ -266,7 +271,7 @@ class Recorder:
 
     def __init__(self, update_D=True):
         self.calls, self.update_D = [], update_D
-        self.teacher_scores = self.student_scores = self.advantages = None
+        self.teacher_scores = self.student_scores = self.advantages = self.d_loss = None
 
     def blocks(self, cfg):
         rec = self
@@ -290,7 +295,8 @@ class Recorder:
             rec.calls.append("d_scores")
             rec.teacher_scores = torch.zeros(cfg.batch_prompts)
             rec.student_scores = torch.arange(float(cfg.batch_prompts * cfg.n_samples))
-            return rec.teacher_scores, rec.student_scores
+            rec.d_loss = 0.69
+            return rec.teacher_scores, rec.student_scores, rec.d_loss
 
         def group_advantages(rewards, n, eps=1e-6):
             rec.calls.append("advantages")
@@ -301,10 +307,10 @@ class Recorder:
             rec.advantages = torch.zeros_like(rewards)
             return rec.advantages
 
-        def d_update(D_, opt, teacher_scores, student_scores, cfg_, step=True):
+        def d_update(D_, opt, teacher_scores, student_scores, loss, cfg_, step=True):
             rec.calls.append("d_update")
-            expect(student_scores is rec.student_scores and teacher_scores is rec.teacher_scores,
-                   "d_update must get the teacher's and the samples' scores of this step's d_scores")
+            expect(student_scores is rec.student_scores and teacher_scores is rec.teacher_scores and loss == rec.d_loss,
+                   "d_update must get the teacher's and the samples' scores and D's loss of this step's d_scores")
             expect(step == rec.update_D, f"d_update(step={step}) when update_D={rec.update_D}: a frozen D "
                    "(--frozen-d) must not take an optimiser step")
             return {"d_loss": 0.69}
@@ -316,8 +322,8 @@ class Recorder:
             return {"kl": 0.0}
 
         return dict(sample=sample, student_batch=student_batch, group_advantages=group_advantages, d_scores=d_scores,
-                    d_update=d_update, g_update=g_update, sample_metrics=lambda s, e: {"response_length": 2.0,
-                                                                                      "truncated": 0.0})
+                    d_update=d_update, g_update=g_update, reward_metrics=lambda r, n: {"reward_mean": 0.0},
+                    sample_metrics=lambda s, e: {"response_length": 2.0, "truncated": 0.0})
 
 
 def run_step(f, update_D=True):
@@ -326,7 +332,8 @@ def run_step(f, update_D=True):
     rec = Recorder(update_D)
     blocks = rec.blocks(cfg)
     g = types.FunctionType(f.__code__, {**f.__globals__, **blocks}, f.__name__, f.__defaults__, f.__closure__)
-    batch = types.SimpleNamespace(idx=[0, 1], prompts=[[1, 2], [1, 3]], teacher="t_batch", teacher_for_d="t_batch_for_d")
+    batch = types.SimpleNamespace(idx=[0, 1], prompts=[[1, 2], [1, 3]], teacher="t_batch",
+                                  teacher_for_d="t_batch_for_d")
     tok = types.SimpleNamespace(pad_token_id=0, eos_token_id=1)
     out = g(object(), object(), object(), object(), object(), tok, batch, cfg, update_D)
     expect(isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict),
@@ -373,7 +380,8 @@ def checks_5(f):
         gad = [r for r in recs if r["stage"] == "gad"]
         print(f"      fidelity before {before:.3f} -> after GAD alone {after:.3f} (the warmup trained D only); "
               f"GAD steps logged: {len(gad)}; results in {out}")
-        expect(len(gad) == 40 and all(r.get("reward_mean") is not None for r in gad), "every GAD step should log a reward")
+        expect(len(gad) == 40 and all(r.get("reward_mean") is not None for r in gad),
+               "every GAD step should log a reward")
         expect(after >= before + LEARN_GAIN, f"the tiny run did not learn: fidelity {before:.3f} -> {after:.3f} "
                f"(the project's own step gains more than {LEARN_GAIN} here, from GAD alone)")
 

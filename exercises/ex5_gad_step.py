@@ -6,7 +6,7 @@ The check records the order your step calls its building blocks in, then trains 
 your step teaches G (the warmup trains D alone), about a minute on a laptop, and checks that G learns.
 """
 from data import student_batch  # noqa: F401
-from generator import group_advantages, group_std, sample, sample_metrics  # noqa: F401
+from generator import group_advantages, group_std, reward_metrics, sample, sample_metrics  # noqa: F401
 from train_gad import d_scores, d_update, g_update  # noqa: F401
 
 
@@ -15,10 +15,10 @@ def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     Returns (metrics, samples).
 
     The blocks: sample (n responses per prompt from G), student_batch ([prompt ; sample] rows), d_scores
-    (D's scores of the teacher rows and the samples, detached; with backward=True it also back-propagates
-    D's Bradley-Terry loss, Eq. 3), group_advantages (Eq. 6), d_update (D's metrics and one optimiser step
-    unless step=False), g_update (one GRPO + k3 KL update of G). update_D is False with --frozen-d: D still
-    scores, but learns nothing.
+    (D's scores of the teacher rows and the samples, detached, and D's Bradley-Terry loss, Eq. 3; with
+    backward=True it also back-propagates that loss), group_advantages (Eq. 6), d_update (D's metrics and one
+    optimiser step unless step=False), g_update (one GRPO + k3 KL update of G), reward_metrics and
+    sample_metrics (what the log shows). update_D is False with --frozen-d: D still scores, but learns nothing.
     """
     n = cfg.n_samples
     # TODO: the step. Use lines from this list (each at most once; two of them are traps), in the right order.
@@ -27,11 +27,10 @@ def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     #   advantages = group_advantages(rewards, n)                                              # [B*n]
     #   samples = sample(G, tok, batch.prompts, n, cfg.temperature, cfg.max_response_len, cfg.gen_batch_size)
     #   rewards = d_scores(D, batch, s_batch, cfg, backward=False)[1]                           # [B*n]
-    #   m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)
-    #   teacher_scores, student_scores = d_scores(D, batch, s_batch, cfg, backward=update_D)  # [B], [B*n]
+    #   m = d_update(D, d_opt, teacher_scores, student_scores, d_loss, cfg, step=update_D)
+    #   teacher_scores, student_scores, d_loss = d_scores(D, batch, s_batch, cfg, backward=update_D)  # [B], [B*n]
     #   s_batch = student_batch(batch, samples, n, tok.pad_token_id)
-    #   return m | sample_metrics(samples, tok.eos_token_id), samples
+    #   return m | reward_metrics(rewards, n) | sample_metrics(samples, tok.eos_token_id), samples
     #   rewards = student_scores                                                                # [B*n]
-    #   m |= {"reward_mean": rewards.mean().item(), "reward_group_std": group_std(rewards.view(-1, n)).mean().item()}
     #   advantages = group_advantages(rewards, cfg.batch_prompts)                              # [B*n]
     raise NotImplementedError("exercise 5: order the lines of one GAD step")

@@ -19,7 +19,7 @@ import run  # noqa: E402
 import train_gad  # noqa: E402
 import world  # noqa: E402
 from data import Data  # noqa: E402
-from generator import load_tokenizer  # noqa: E402
+from data import load_tokenizer  # noqa: E402
 
 
 def fixed_samples(tok):
@@ -35,7 +35,7 @@ def fixed_samples(tok):
 
 
 def main(model_dir, out, *flags):
-    if "--lean" in flags:  # the memory-lean log-probs: response positions only, in chunks of 5 tokens recomputed in backward
+    if "--lean" in flags:  # the lean log-probs: response positions only, chunks of 5 tokens recomputed in backward
         generator.LOGITS_PER_CHUNK, flags = 700, [f for f in flags if f != "--lean"]
     parallel.init()
     cfg = train_gad.parse_args(["--student", model_dir, "--batch-prompts", "4", "--n-samples", "4",
@@ -56,7 +56,7 @@ def main(model_dir, out, *flags):
     metrics.append(parallel.mean_metrics(train_gad.gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg)[0]))
     weights = {name: parallel.full_weights(m).get("state_dict", m.state_dict()) for name, m in (("G", G), ("D", D))}
     if parallel.is_main():
-        torch.save({"metrics": metrics, "weights": weights, "processes": parallel.world()}, out)
+        torch.save({"metrics": metrics, "weights": weights, "processes": parallel.processes()}, out)
     parallel.finish()
 
 

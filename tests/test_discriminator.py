@@ -2,9 +2,9 @@
 import torch
 
 import discriminator as D
-import generator as G
 import train_gad
 import world
+from data import pack, prompt_ids, response_ids
 
 
 def make_disc(tiny_dir):
@@ -19,9 +19,9 @@ def test_last_token_index_left_and_right():
 
 def test_score_is_read_at_the_last_response_token(tiny_dir, tok):
     disc = make_disc(tiny_dir)
-    p = G.prompt_ids(tok, world.prompts("train")[0])
-    r = G.response_ids(tok, "cats are furry .")
-    batch = G.pack([p, p[:4]], [r, r[:2]], tok.pad_token_id)
+    p = prompt_ids(tok, world.prompts("train")[0])
+    r = response_ids(tok, "cats are furry .")
+    batch = pack([p, p[:4]], [r, r[:2]], tok.pad_token_id)
     with torch.no_grad():
         scores = disc(batch)
         h = disc.backbone(input_ids=torch.tensor([p + r])).last_hidden_state[0]      # unpadded, direct
@@ -31,12 +31,12 @@ def test_score_is_read_at_the_last_response_token(tiny_dir, tok):
 
 def test_padding_does_not_change_a_score(tiny_dir, tok):
     disc = make_disc(tiny_dir)
-    prompts = [G.prompt_ids(tok, m) for m in world.prompts("train")[:3]]
-    responses = [G.response_ids(tok, t) for t in ["cats are furry .", "i think", "three things about dogs : a"]]
+    prompts = [prompt_ids(tok, m) for m in world.prompts("train")[:3]]
+    responses = [response_ids(tok, t) for t in ["cats are furry .", "i think", "three things about dogs : a"]]
     with torch.no_grad():
-        alone = torch.stack([disc(G.pack([p], [r], tok.pad_token_id))[0] for p, r in zip(prompts, responses)])
-        right = disc(G.pack(prompts, responses, tok.pad_token_id))
-        left = disc(G.pack(prompts, responses, tok.pad_token_id, left_pad=True))
+        alone = torch.stack([disc(pack([p], [r], tok.pad_token_id))[0] for p, r in zip(prompts, responses)])
+        right = disc(pack(prompts, responses, tok.pad_token_id))
+        left = disc(pack(prompts, responses, tok.pad_token_id, left_pad=True))
     assert torch.allclose(alone, right, atol=1e-5) and torch.allclose(alone, left, atol=1e-5)
 
 
@@ -47,7 +47,7 @@ def test_teacher_and_student_rows_both_end_with_eos(tiny_lm, tok):
     data = train_gad.Data(tok, prompts, ["cats are furry .", "dogs are wild .", "i think owls are quick !"],
                           cfg, log=lambda *a: None)
     batch = data.next()                                        # the three examples, in a shuffled order
-    student = [G.response_ids(tok, t) for t in [data.teacher_texts[batch.idx[0]], "a", "b", "c", "d", "e"]]
+    student = [response_ids(tok, t) for t in [data.teacher_texts[batch.idx[0]], "a", "b", "c", "d", "e"]]
     s_batch = train_gad.student_batch(batch, student, 2, tok.pad_token_id)
     for rows in (batch.teacher, batch.teacher_for_d, s_batch):
         last = D.last_token_index(rows["attention_mask"])
@@ -76,7 +76,7 @@ def test_discriminator_save_and_reload(tiny_dir, tok, tmp_path):
         disc.head.bias.fill_(0.5)
     disc.save_pretrained(str(tmp_path))
     again = D.Discriminator.from_pretrained(str(tmp_path))
-    batch = G.pack([G.prompt_ids(tok, world.prompts("train")[0])], [G.response_ids(tok, "x")], tok.pad_token_id)
+    batch = pack([prompt_ids(tok, world.prompts("train")[0])], [response_ids(tok, "x")], tok.pad_token_id)
     with torch.no_grad():
         assert torch.allclose(disc(batch), again(batch), atol=1e-6)
 
@@ -87,9 +87,9 @@ def test_padding_invariance_with_absolute_positions(tok, tmp_path):
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4)).save_pretrained(tmp_path)
     disc = D.Discriminator.from_pretrained(str(tmp_path)).eval()
-    prompts = [G.prompt_ids(tok, m) for m in world.prompts("train")[:2]]
-    responses = [G.response_ids(tok, t) for t in ["cats are furry . people watch them every day .", "i"]]
+    prompts = [prompt_ids(tok, m) for m in world.prompts("train")[:2]]
+    responses = [response_ids(tok, t) for t in ["cats are furry . people watch them every day .", "i"]]
     with torch.no_grad():
-        alone = torch.stack([disc(G.pack([p], [r], tok.pad_token_id))[0] for p, r in zip(prompts, responses)])
-        left = disc(G.pack(prompts, responses, tok.pad_token_id, left_pad=True))
+        alone = torch.stack([disc(pack([p], [r], tok.pad_token_id))[0] for p, r in zip(prompts, responses)])
+        left = disc(pack(prompts, responses, tok.pad_token_id, left_pad=True))
     assert torch.allclose(alone, left, atol=1e-5)

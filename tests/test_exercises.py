@@ -15,19 +15,18 @@ HEAD = "import torch\nimport torch.nn.functional as F\n"
 # a correct exercise-5 step; the planted bugs below each change one thing in it
 STEP5 = """
 from data import student_batch
-from generator import group_advantages, sample, sample_metrics
+from generator import group_advantages, reward_metrics, sample, sample_metrics
 from train_gad import d_scores, d_update, g_update
 def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     n = cfg.n_samples
     samples = sample(G, tok, batch.prompts, n, cfg.temperature, cfg.max_response_len, cfg.gen_batch_size)
     s_batch = student_batch(batch, samples, n, tok.pad_token_id)
-    teacher_scores, student_scores = d_scores(D, batch, s_batch, cfg, backward=update_D)
+    teacher_scores, student_scores, d_loss = d_scores(D, batch, s_batch, cfg, backward=update_D)
     rewards = student_scores
     advantages = group_advantages(rewards, n)
-    m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)
+    m = d_update(D, d_opt, teacher_scores, student_scores, d_loss, cfg, step=update_D)
     m |= g_update(G, ref, g_opt, s_batch, advantages, cfg)
-    m |= {"reward_mean": rewards.mean().item()}
-    return m | sample_metrics(samples, tok.eos_token_id), samples
+    return m | reward_metrics(rewards, n) | sample_metrics(samples, tok.eos_token_id), samples
 """
 
 # (exercise, planted bug, source of the learner's wrong version)
@@ -92,8 +91,8 @@ PLANTED = [
             return mask.sum(-1) - 1"""),
     (5, "rewards re-scored after D's update", STEP5.replace(
         "    advantages = group_advantages(rewards, n)\n    m = d_update(D, d_opt, teacher_scores, student_scores, "
-        "cfg, step=update_D)\n",
-        "    m = d_update(D, d_opt, teacher_scores, student_scores, cfg, step=update_D)\n"
+        "d_loss, cfg, step=update_D)\n",
+        "    m = d_update(D, d_opt, teacher_scores, student_scores, d_loss, cfg, step=update_D)\n"
         "    rewards = d_scores(D, batch, s_batch, cfg, backward=False)[1]\n"
         "    advantages = group_advantages(rewards, n)\n")),
     (5, "frozen D updated", STEP5.replace("step=update_D", "step=True")),

@@ -1,4 +1,4 @@
-"""experiments.py: every experiment in a seconds-long configuration writes the JSON it promises."""
+"""tools/experiments.py: every experiment in a seconds-long configuration writes the JSON it promises."""
 import json
 import os
 import subprocess
@@ -8,7 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def experiments(*args):
-    p = subprocess.run([sys.executable, "experiments.py", "--tiny", *args], cwd=ROOT, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "tools/experiments.py", "--tiny", *args], cwd=ROOT, capture_output=True,
+                       text=True,
                        timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     return p
@@ -16,20 +17,23 @@ def experiments(*args):
 
 def records(folder):
     """metrics.jsonl without the wall-clock seconds."""
-    return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in open(os.path.join(folder, "metrics.jsonl"))]
+    lines = open(os.path.join(folder, "metrics.jsonl"))
+    return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
 
 
 def test_all_experiments_tiny(tmp_path):
     out = str(tmp_path / "exp")
     log = experiments("all", "--seeds", "0", "--workers", "2", "--out", out).stdout
-    running = [line.startswith("[experiments] start:") - line.startswith("[experiments] done") for line in log.splitlines()]
+    running = [line.startswith("[experiments] start:") - line.startswith("[experiments] done")
+               for line in log.splitlines()]
     assert max(sum(running[:i + 1]) for i in range(len(running))) == 2, log  # two jobs ran side by side
     res = {n: json.load(open(os.path.join(out, n + ".json"))) for n in
            ("table2", "quality_diversity", "warmup_ablation", "bt_vs_bce", "frozen_d", "mode_seeking")}
     assert all(r["tiny"] is True and r["seeds"] == [0] for r in res.values())
     t2 = res["table2"]["results"]
     assert set(t2) == {"before", "seqkd", "gad", "teacher"} and t2["teacher"]["fidelity"]["mean"] == 1.0
-    assert set(res["warmup_ablation"]["results"]) == {"GAD", "w/o generator warmup", "w/o discriminator warmup", "SeqKD"}
+    assert set(res["warmup_ablation"]["results"]) == {"GAD", "w/o generator warmup", "w/o discriminator warmup",
+                                                      "SeqKD"}
     assert set(res["bt_vs_bce"]["results"]) == {"BT", "BCE"}
     qd = res["quality_diversity"]["results"]
     assert set(qd) == {"seqkd", "gad"} and len(qd["gad"]) == len(res["quality_diversity"]["temperatures"])
@@ -63,7 +67,8 @@ def test_declared_runs_and_their_dependencies(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "JOBS", {})
     runs = {name: X.EXPERIMENTS[name][0]([0, 1], False) for name in X.PAPER_EXPERIMENTS}  # what `all` runs
     base0, base1 = runs["table2"]["base"]
-    assert runs["warmup_ablation"]["GAD"] == runs["bt_vs_bce"]["BT"] == runs["frozen_d"]["co-evolving D"] == [base0, base1]
+    assert runs["warmup_ablation"]["GAD"] == runs["bt_vs_bce"]["BT"] == runs["frozen_d"]["co-evolving D"] \
+        == [base0, base1]
     train = [a for k, a in jobs.JOBS.values() if k == "train"]
     assert len(train) == 2 * 6 and all(a[4:4 + len(X.SUITE)] == X.SUITE for a in train)  # 6 runs per seed
     frozen0 = runs["frozen_d"]["frozen D"][0]
@@ -74,7 +79,7 @@ def test_declared_runs_and_their_dependencies(tmp_path, monkeypatch):
     assert jobs.dependencies(sweep0, jobs.JOBS[sweep0], jobs.JOBS) == {base0}
     assert jobs.dependencies(base0, jobs.JOBS[base0], jobs.JOBS) == set()
 
-    pending = jobs.to_do(X.start_folder(False), [])  # nothing done: every job, and the shared start that the embedded runs read
+    pending = jobs.to_do(X.start_folder(False), [])  # nothing done: every job, and the shared start the runs read
     assert set(pending) == set(jobs.JOBS) | {X.start_folder(False)}
     assert X.start_folder(False) in jobs.dependencies(base0, jobs.JOBS[base0], pending)
     assert X.start_folder(False) not in jobs.dependencies(d_run0, jobs.JOBS[d_run0], pending)  # it reads a --student
@@ -86,7 +91,7 @@ def test_declared_runs_and_their_dependencies(tmp_path, monkeypatch):
                                    os.path.join(str(tmp_path), "runs", "frozen_d", "seed1")}
 
 
-# ---------------------------------------------------------------------------- where_gad_helps (the pre-registered study)
+# ---------------------------------------------------------------------------- where_gad_helps (pre-registered)
 def test_beats_is_the_preregistered_two_pooled_std_rule():
     import study as X
     margin, threshold, ok = X.beats([0.90, 0.92, 0.94], [0.80, 0.82, 0.84])

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 import generator as G
 import world
+from data import pack, position_ids, prompt_ids, response_ids
 
 
 def hf_logprobs(model, ids):
@@ -28,9 +29,9 @@ def tiny_gpt2(tok):
 def test_logprob_parity_with_hf_forward(tiny_lm, tiny_gpt2, tok, arch, left_pad, temperature):
     model = {"llama": tiny_lm, "gpt2": tiny_gpt2}[arch]
     msgs = world.prompts("train")
-    prompts = [G.prompt_ids(tok, m) for m in msgs[:3]]
-    responses = [G.response_ids(tok, t) for t in ["cats are furry .", "i think dogs are wild and quick !", "ok"]]
-    batch = G.pack(prompts, responses, tok.pad_token_id, left_pad=left_pad)
+    prompts = [prompt_ids(tok, m) for m in msgs[:3]]
+    responses = [response_ids(tok, t) for t in ["cats are furry .", "i think dogs are wild and quick !", "ok"]]
+    batch = pack(prompts, responses, tok.pad_token_id, left_pad=left_pad)
     with torch.no_grad():
         logp = G.token_logprobs(model, batch, temperature)
     for i, (p, r) in enumerate(zip(prompts, responses)):
@@ -46,25 +47,25 @@ def test_logprob_parity_with_hf_forward(tiny_lm, tiny_gpt2, tok, arch, left_pad,
 
 
 def test_pack_masks(tok):
-    batch = G.pack([[7, 8, 9], [7]], [[1, 2, 5], [3, 5]], pad_id=0)
+    batch = pack([[7, 8, 9], [7]], [[1, 2, 5], [3, 5]], pad_id=0)
     assert batch["input_ids"].tolist() == [[7, 8, 9, 1, 2, 5], [7, 3, 5, 0, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
     assert batch["response_mask"].tolist() == [[0, 0, 0, 1, 1, 1], [0, 1, 1, 0, 0, 0]]
-    left = G.pack([[7, 8, 9], [7]], [[1, 2, 5], [3, 5]], pad_id=0, left_pad=True)
+    left = pack([[7, 8, 9], [7]], [[1, 2, 5], [3, 5]], pad_id=0, left_pad=True)
     assert left["input_ids"].tolist()[1] == [0, 0, 0, 7, 3, 5]
     assert left["response_mask"].tolist()[1] == [0, 0, 0, 0, 1, 1]
-    assert G.position_ids(left["attention_mask"]).tolist()[1] == [0, 0, 0, 0, 1, 2]
+    assert position_ids(left["attention_mask"]).tolist()[1] == [0, 0, 0, 0, 1, 2]
 
 
 def test_response_ids_end_with_eos(tok):
-    r = G.response_ids(tok, "cats are furry .")
+    r = response_ids(tok, "cats are furry .")
     assert r[-1] == tok.eos_token_id and tok.decode(r[:-1]) == "cats are furry ."
 
 
 def test_sft_loss_only_counts_response_tokens(tiny_lm, tok):
-    p = G.prompt_ids(tok, world.prompts("train")[0])
-    r = G.response_ids(tok, "cats are furry .")
-    batch = G.pack([p], [r], tok.pad_token_id)
+    p = prompt_ids(tok, world.prompts("train")[0])
+    r = response_ids(tok, "cats are furry .")
+    batch = pack([p], [r], tok.pad_token_id)
     loss, _ = G.sft_loss(tiny_lm, batch)
     ref = -hf_logprobs(tiny_lm, p + r)[len(p) - 1:].mean()
     assert torch.allclose(loss, ref, atol=1e-5)
@@ -72,7 +73,7 @@ def test_sft_loss_only_counts_response_tokens(tiny_lm, tok):
 
 def test_sample_groups_n_per_prompt_and_cuts_at_eos(tiny_lm, tok):
     torch.manual_seed(0)
-    prompts = [G.prompt_ids(tok, m) for m in world.prompts("train")[:3]]
+    prompts = [prompt_ids(tok, m) for m in world.prompts("train")[:3]]
     out = G.sample(tiny_lm, tok, prompts, n=4, temperature=1.0, max_new_tokens=6, gen_batch_size=8)
     assert len(out) == 12
     for r in out:
@@ -112,7 +113,7 @@ def test_sampling_ignores_the_checkpoints_generation_config(opinionated_lm, tok,
         built.append(real(self, *args, **kw))
         return built[-1]
     monkeypatch.setattr(type(model), "_get_logits_processor", spy)
-    prompt = G.prompt_ids(tok, world.prompts("train")[0])
+    prompt = prompt_ids(tok, world.prompts("train")[0])
     torch.manual_seed(0)
     G.sample(model, tok, [prompt], n=2, temperature=0.8, max_new_tokens=4)
     assert [type(p) for p in built[0]] == [TemperatureLogitsWarper], built[0]   # temperature is the only processor
@@ -123,7 +124,7 @@ def test_sampled_first_tokens_follow_softmax_of_logits_over_temperature(opiniona
     model, T, n = opinionated_lm, 0.8, 4000
     with torch.no_grad():
         model.lm_head.weight.mul_(8)          # a peaked distribution, so top_k / top_p would cut real mass
-    prompt = G.prompt_ids(tok, world.prompts("train")[0])
+    prompt = prompt_ids(tok, world.prompts("train")[0])
     with torch.no_grad():
         p = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1] / T, -1)
     torch.manual_seed(0)

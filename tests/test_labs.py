@@ -1,7 +1,7 @@
 """Every command of every lab sheet (exercises/lab*.md) runs, in a tiny configuration, in the order given.
 
 python train_gad.py commands get tiny settings inserted before the sheet's own flags (so the lab's change
-still wins); experiments.py gets --tiny; every runs/ path is moved into a temporary folder."""
+still wins); tools/experiments.py gets --tiny; every runs/ path is moved into a temporary folder."""
 import os
 import re
 import shlex
@@ -32,8 +32,9 @@ def tiny(cmd, tmp):
     cmd = [os.path.join(tmp, a) if a.startswith("runs/") else a for a in cmd]
     if cmd[1] == "train_gad.py":
         return [sys.executable, "train_gad.py", *TINY, *cmd[2:]]
-    if cmd[1] == "experiments.py":
-        return [sys.executable, "experiments.py", *cmd[2:], "--tiny", "--out", os.path.join(tmp, "runs", "experiments")]
+    if cmd[1] == "tools/experiments.py":
+        out = os.path.join(tmp, "runs", "experiments")
+        return [sys.executable, "tools/experiments.py", *cmd[2:], "--tiny", "--out", out]
     return [sys.executable, *cmd[1:]]
 
 
@@ -50,8 +51,8 @@ def test_there_are_five_labs():
 def test_lab_commands_run(sheet, workdir):
     tmp, done = workdir
     cmds = commands(sheet)
-    assert any(c[1] == "report.py" and "--compare" in c for c in cmds), f"{sheet}: no report.py --compare command"
-    assert any(c[1] == "train_gad.py" or c[1] == "experiments.py" for c in cmds), f"{sheet}: no training command"
+    assert any(c[1] == "tools/report.py" and "--compare" in c for c in cmds), f"{sheet}: no report.py --compare"
+    assert any(c[1] == "train_gad.py" or c[1] == "tools/experiments.py" for c in cmds), f"{sheet}: no training command"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     for cmd in cmds:
         key = " ".join(cmd)
@@ -59,6 +60,6 @@ def test_lab_commands_run(sheet, workdir):
             continue
         p = subprocess.run(tiny(cmd, tmp), cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
         assert p.returncode == 0, f"{sheet}: {key}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
-        if cmd[1] == "report.py":
+        if cmd[1] == "tools/report.py":
             assert "| run |" in p.stdout, p.stdout
         done.add(key)

@@ -7,6 +7,7 @@ import torch
 import discriminator as D
 import generator as G
 import world
+from data import pack, prompt_ids, response_ids
 
 
 def test_bt_loss_is_ln2_for_equal_scores():
@@ -145,10 +146,10 @@ def test_a_real_discriminator_scoring_identical_samples_gives_zero_advantages(to
     d = D.Discriminator(LlamaModel(world.student_config(tok, hidden=32, layers=2)))
     with torch.no_grad():
         d.head.weight.mul_(300)                                 # scores of order 100: rounding matters
-    prompt = G.prompt_ids(tok, world.prompts("train")[0])
-    same, other = G.response_ids(tok, "cats are furry ."), G.response_ids(tok, "i think cats are wild and quick !")
+    prompt = prompt_ids(tok, world.prompts("train")[0])
+    same, other = response_ids(tok, "cats are furry ."), response_ids(tok, "i think cats are wild and quick !")
     for n in (2, 8, 16):
-        batch = G.pack([prompt] * 2 * n, [same] * n + [other] * (n - 1) + [same], tok.pad_token_id)
+        batch = pack([prompt] * 2 * n, [same] * n + [other] * (n - 1) + [same], tok.pad_token_id)
         with torch.no_grad():
             rewards = d(batch)
         a = G.group_advantages(rewards, n)

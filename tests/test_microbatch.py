@@ -9,14 +9,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import generator as G
 import train_gad
 import world
-from data import Batch, pack
+from data import Batch, pack, position_ids, prompt_ids
 from discriminator import Discriminator
 
 
 def full_logits_logprobs(model, batch, temperature):
     """The trusted reference: every position's logits at once, log_softmax, gather (what the code did before)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=G.position_ids(batch["attention_mask"])).logits[:, :-1].float() / temperature
+                   position_ids=position_ids(batch["attention_mask"])).logits[:, :-1].float() / temperature
     logp_all = F.log_softmax(logits, -1)
     logp = F.pad(logp_all.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1), (1, 0))
     ent = F.pad(-(logp_all.exp() * logp_all).sum(-1), (1, 0))
@@ -38,7 +38,7 @@ def test_lean_logprobs_entropy_and_gradients_match_full_logits(big_vocab_lm, lef
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 65536, (k,), generator=g).tolist() for k in (5, 2, 9)]
     responses = [torch.randint(0, 65536, (k,), generator=g).tolist() for k in (12, 1, 4)]
-    batch = G.pack(prompts, responses, 0, left_pad=left_pad)
+    batch = pack(prompts, responses, 0, left_pad=left_pad)
     mask = batch["response_mask"].bool()
     grads = []
     for lean in (True, False):
@@ -67,7 +67,7 @@ def players(tok):
 def uneven_batch(tok, B=3, n=2):
     """B prompts, n samples each, of very different lengths (1 to 30 tokens)."""
     g = torch.Generator().manual_seed(2)
-    prompts = [G.prompt_ids(tok, m) for m in world.prompts("train")[:B]]
+    prompts = [prompt_ids(tok, m) for m in world.prompts("train")[:B]]
     teacher = [torch.randint(6, len(tok), (k,), generator=g).tolist() + [tok.eos_token_id] for k in (30, 2, 11)][:B]
     samples = [torch.randint(6, len(tok), (k,), generator=g).tolist() for k in (1, 29, 7, 3, 17, 12)][:B * n]
     batch = Batch(list(range(B)), prompts, pack(prompts, teacher, tok.pad_token_id),
@@ -96,8 +96,8 @@ def test_micro_batched_updates_give_the_full_batch_gradient(players, tok, micro)
     updates = {
         "sft": (gen, lambda cfg: lambda opt: train_gad.sft_update(gen, opt, batch.teacher, cfg)),
         "grpo": (gen, lambda cfg: lambda opt: train_gad.g_update(gen, ref, opt, s_batch, advantages, cfg)),
-        "bt": (disc, lambda cfg: lambda opt: train_gad.d_update(disc, opt, *train_gad.d_scores(disc, batch, s_batch, cfg),
-                                                               cfg)),
+        "bt": (disc, lambda cfg: lambda opt: train_gad.d_update(disc, opt,
+                                                               *train_gad.d_scores(disc, batch, s_batch, cfg), cfg)),
     }
     for name, (model, make) in updates.items():
         full, m_full = grads_after(make(cfg_with(0)), model)
@@ -114,8 +114,8 @@ def test_micro_batched_scores_and_reference_logprobs_are_the_same(players, tok, 
     gen, disc = players
     batch, s_batch = uneven_batch(tok)
     with torch.no_grad():
-        t0, s0 = train_gad.d_scores(disc, batch, s_batch, cfg_with(0), backward=False)
-        t1, s1 = train_gad.d_scores(disc, batch, s_batch, cfg_with(micro), backward=False)
+        t0, s0, _ = train_gad.d_scores(disc, batch, s_batch, cfg_with(0), backward=False)
+        t1, s1, _ = train_gad.d_scores(disc, batch, s_batch, cfg_with(micro), backward=False)
         full = G.token_logprobs(gen, s_batch)
         for rows, part in train_gad.micro_batches(s_batch, micro):
             lp = G.token_logprobs(gen, part)
@@ -130,7 +130,8 @@ def test_the_benchmark_runs_and_reports_every_phase(tmp_path):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.run([sys.executable, "bench.py", "--only", "tiny", "--steps", "2", "--out", str(tmp_path)], cwd=root,
+    p = subprocess.run([sys.executable, "tools/bench.py", "--only", "tiny", "--steps", "2", "--out", str(tmp_path)],
+                       cwd=root,
                        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     (r,) = json.load(open(tmp_path / "bench.json"))

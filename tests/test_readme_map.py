@@ -13,12 +13,14 @@ def test_every_cited_function_exists():
     assert len(cites) >= 20, cites
     for path, name in cites:
         source = open(os.path.join(ROOT, path)).read()
-        assert re.search(rf"^\s*def {name}\(", source, re.M), f"README cites {path}::{name}, which {path} does not define"
+        assert re.search(rf"^\s*def {name}\(", source, re.M), \
+            f"README cites {path}::{name}, which {path} does not define"
 
 
 def test_no_file_outside_the_repository_is_cited():
     for folder, _, files in os.walk(ROOT):
-        if any(part.startswith(".") or part in ("runs", "models") for part in os.path.relpath(folder, ROOT).split(os.sep)):
+        parts = os.path.relpath(folder, ROOT).split(os.sep)
+        if any(part.startswith(".") or part in ("runs", "models") for part in parts):
             continue
         for f in files:
             if f.endswith((".md", ".py")) and f != os.path.basename(__file__):

@@ -65,7 +65,8 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tiny_dir, tmp_path, mon
         return (loss * float("nan"), m) if calls["n"] == 1 or calls["n"] >= 4 else (loss, m)
     monkeypatch.setattr(train_gad, "policy_loss", poisoned)
     out = str(tmp_path / "run")
-    with pytest.raises(SystemExit, match="after 3 consecutive non-finite steps; last good resume point: .*step-gad-0000008"):
+    with pytest.raises(SystemExit,
+                       match="after 3 consecutive non-finite steps; last good resume point: .*step-gad-0000008"):
         train_gad.main(["--student", tiny_dir, "--out-dir", out, "--mode", "gad", *RUN])
     recs = metrics(out)
     gad = [r for r in recs if r["stage"] == "gad"]
@@ -266,7 +267,7 @@ def test_eval_bad_test_data_is_one_line(tmp_path):
 
 
 def test_d_steps_and_train_prompts(tiny_dir, tmp_path, monkeypatch):
-    """--d-steps k: k D updates per GAD step (warmup keeps one); --train-prompts N: the same N prompts for every seed."""
+    """--d-steps k: k D updates per GAD step (warmup keeps one); --train-prompts N: the same N prompts, any seed."""
     calls, sizes = [], []
     real_update, real_data = train_gad.d_update, train_gad.Data
 

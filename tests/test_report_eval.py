@@ -62,7 +62,7 @@ def test_a_torn_metrics_line_is_left_out_by_the_reports(tmp_path):
 def test_report_on_damaged_files_is_one_line(tmp_path, damage, needle):
     d = run_folder(tmp_path / "a", {"gad": EMBEDDED}, [{"stage": "gad", "step": 0, "d_acc": 0.5}])
     damage(d)
-    p = subprocess.run([sys.executable, "report.py", "--summary", d], cwd=ROOT, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "tools/report.py", "--summary", d], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert needle in p.stderr.strip().splitlines()[-1]
@@ -79,7 +79,8 @@ def model_run(tiny_dir, tmp_path):
     (lambda d: open(os.path.join(d, "config.json"), "w").write('{"world": "bogus"}'),
      "\"world\": 'bogus' is not one of default, long"),
     (lambda d: os.remove(os.path.join(d, "gad", "generator", "config.json")), "not a model folder (no config.json)"),
-    (lambda d: open(os.path.join(d, "gad", "generator", "model.safetensors"), "r+b").truncate(1000), "cannot be loaded"),
+    (lambda d: open(os.path.join(d, "gad", "generator", "model.safetensors"), "r+b").truncate(1000),
+     "cannot be loaded"),
     (lambda d: os.makedirs(os.path.join(d, "eval.json")), "eval.json is a folder"),
     (lambda d: open(os.path.join(d, "config.json"), "w").write('{"world": "def'), "config.json: cannot be read"),
     (lambda d: shutil.rmtree(os.path.join(d, "gad")), "no checkpoints in"),

@@ -62,7 +62,8 @@ def test_every_json_the_project_writes_is_strict(tmp_path):
     assert json.loads(open(tmp_path / "m.jsonl").read(), **strict) == {"kl": None}
 
 
-LOCK_HOLDER = "import run, sys, time; f = run.lock_folder(sys.argv[1]); print('locked', flush=True); time.sleep(60)"
+LOCK_HOLDER = ("import checkpoint, sys, time; f = checkpoint.lock_folder(sys.argv[1]); print('locked', flush=True); "
+               "time.sleep(60)")
 
 
 def test_a_second_run_on_a_locked_folder_stops_at_once(tiny_dir, tmp_path):

@@ -121,7 +121,7 @@ def test_refusals_and_cut_off_answers_are_recorded_never_asked_again_and_not_tra
                                 "--batch-prompts", "2"])
     logs = []
     records = data_mod.read_training_file(cfg.prompts, False, cfg.batch_prompts, logs.append)
-    kept_prompts, kept_texts = train_gad.teacher_pairs(cfg, records, world.build_tokenizer(), logs.append)
+    kept_prompts, kept_texts = T.training_pairs(cfg, records, world.build_tokenizer(), logs.append)
     assert kept_prompts == prompts[2:] and "cats are" not in kept_texts
     assert any("1 of 5 answers refused" in x for x in logs)
     assert any("1 of 5 answers cut off at the teacher's token limit" in x for x in logs)
@@ -248,7 +248,7 @@ def test_a_complete_cache_on_a_read_only_mount_is_used_as_is(tmp_path, monkeypat
 
 def test_prompts_over_max_prompt_len_are_never_sent_to_the_teacher(tmp_path):
     import train_gad
-    from generator import prompt_ids
+    from data import prompt_ids
     from serve import TeacherServer
     tok = world.build_tokenizer()
     prompts = world.prompts("train")[:40]
@@ -265,7 +265,7 @@ def test_prompts_over_max_prompt_len_are_never_sent_to_the_teacher(tmp_path):
                                     "--batch-prompts", "2"])
         logs = []
         records = data_mod.read_training_file(cfg.prompts, False, cfg.batch_prompts, logs.append)
-        kept, _ = train_gad.teacher_pairs(cfg, records, tok, logs.append)
+        kept, _ = T.training_pairs(cfg, records, tok, logs.append)
     assert server.served == len(short) and kept == short
     assert any(f"skipped {len(prompts) - len(short)} of 40 prompts" in x for x in logs)
 

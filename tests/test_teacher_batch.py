@@ -39,7 +39,7 @@ def collect(server, out, prompts_file, cache):
                                 "--teacher-cache", cache])
     os.makedirs(out, exist_ok=True)
     records = train_gad.read_training_file(prompts_file, False, cfg.batch_prompts, print)
-    return train_gad.teacher_pairs(cfg, records, world.build_tokenizer(), print)
+    return T.training_pairs(cfg, records, world.build_tokenizer(), print)
 
 
 def test_every_answer_lands_in_the_cache_once_through_one_batch(tmp_path, prompts_file):
@@ -130,12 +130,13 @@ def test_bad_output_items_are_asked_live_and_every_good_answer_is_kept(tmp_path,
                                     "--prompts", prompts_file, "--teacher-cache", cache])
         os.makedirs(cfg.out_dir)
         records = train_gad.read_training_file(prompts_file, False, cfg.batch_prompts, logs.append)
-        prompts, texts = train_gad.teacher_pairs(cfg, records, world.build_tokenizer(), logs.append)
+        prompts, texts = T.training_pairs(cfg, records, world.build_tokenizer(), logs.append)
         assert served(server, "/chat/completions") == 4                          # the four unreadable items
     assert not os.path.exists(tmp_path / "run" / "teacher_batch.json")
     assert len(texts) == N and texts[4:7] == ["cats are \u2028 .", "cats are \u2029 .", "cats are \u0085 ."]
     assert len(cache_lines(cache)) == N
-    assert any(f"{N - 4} of {N} answers stored" in x for x in logs) and any("4 output line(s) could not be read" in x for x in logs)
+    assert any(f"{N - 4} of {N} answers stored" in x for x in logs)
+    assert any("4 output line(s) could not be read" in x for x in logs)
 
 
 def test_a_transient_error_while_polling_is_retried(tmp_path, prompts_file):

@@ -60,7 +60,9 @@ def test_support_size_is_what_the_teacher_actually_produces():
     m = world.prompts("train")[0]
     answers = {world.teacher_respond(m, rng) for _ in range(30000)}
     assert all(world.judge(world.topic_of(m), a)["valid"] for a in answers)
-    assert len(answers) == world.support_size() == 424
+    n = len(world.CATEGORIES["animal"][1])                    # adjectives per category
+    verbs = len(world.CATEGORIES["animal"][2])
+    assert len(answers) == n * verbs + n * (n - 1) + n * (n - 1) * (n - 2) == 424   # fact + opinion + list
 
 
 def test_long_world_teacher_is_valid_and_its_constraints_are_judged():

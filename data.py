@@ -230,7 +230,10 @@ class Data:
     """Training prompts as token ids, each with its one teacher response (+ EOS), in shuffled epochs."""
 
     def __init__(self, tokenizer, prompts, teacher_texts, cfg, log):
-        self.prompts, self.prompt_ids, self.teacher_ids, self.teacher_texts = [], [], [], []
+        self.prompts = []
+        self.prompt_ids = []
+        self.teacher_ids = []
+        self.teacher_texts = []
         skipped = {"empty teacher response": 0, f"teacher response > {cfg.max_response_len} tokens": 0,
                    f"prompt > {cfg.max_prompt_len} tokens": 0}
         why = list(skipped)
@@ -252,12 +255,15 @@ class Data:
             raise SystemExit(f"train_gad.py: --batch-prompts {cfg.batch_prompts} is larger than the "
                              f"{len(self.prompt_ids)} usable training examples")
         self.d_teacher_ids = [r[:-1] for r in self.teacher_ids] if cfg.break_eos_symmetry else self.teacher_ids
-        self.pad_id, self.seed, self.size = tokenizer.pad_token_id, cfg.seed, cfg.batch_prompts
+        self.pad_id = tokenizer.pad_token_id
+        self.seed = cfg.seed
+        self.size = cfg.batch_prompts
         self.restart()
 
     def restart(self):
         """A fresh data order for the next phase (the same for GAD and SeqKD)."""
-        self.rng, self.order = random.Random(self.seed), []
+        self.rng = random.Random(self.seed)
+        self.order = []
 
     def next(self):
         """The next batch_prompts examples (a new shuffled epoch when one runs out)."""
@@ -265,7 +271,8 @@ class Data:
             epoch = list(range(len(self.prompt_ids)))
             self.rng.shuffle(epoch)
             self.order += epoch
-        idx, self.order = self.order[:self.size], self.order[self.size:]
+        idx = self.order[:self.size]
+        self.order = self.order[self.size:]
         prompts = [self.prompt_ids[i] for i in idx]
         return Batch(idx, prompts, pack(prompts, [self.teacher_ids[i] for i in idx], self.pad_id),
                      pack(prompts, [self.d_teacher_ids[i] for i in idx], self.pad_id))

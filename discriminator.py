@@ -48,7 +48,7 @@ class Discriminator(torch.nn.Module):
         torch.save(part["head"], os.path.join(path, "discriminator_head.pt"))
 
     def forward(self, batch):
-        """batch from generator.pack -> scores [B] read at each row's last valid token."""
+        """batch from data.pack -> scores [B] read at each row's last valid token."""
         mask = batch["attention_mask"]
         h = self.backbone(input_ids=batch["input_ids"], attention_mask=mask,
                           position_ids=position_ids(mask)).last_hidden_state           # [B, L, H]

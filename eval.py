@@ -122,7 +122,8 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
         raise SystemExit(f"eval.py: no checkpoints in {run_dir} (expected {expected})")
     writable(os.path.join(run_dir, "eval.json"))  # before minutes of sampling, not after
     splits = {"": world.prompts("test"), "ood_": world.prompts("ood")}
-    results, examples = {}, {}
+    results = {}
+    examples = {}
     for name, path in found:
         tok, model = load(path)
         results[name] = {}
@@ -187,7 +188,8 @@ def parse_scores(reply):
     m = _SCORE_LINE.match(line.strip())
     if not m:
         return None
-    a, b = float(m.group(1)), float(m.group(2))
+    a = float(m.group(1))
+    b = float(m.group(2))
     return (a, b) if 0 <= a <= 10 and 0 <= b <= 10 else None
 
 
@@ -203,9 +205,11 @@ def judge_scores(questions, answers, judge, cache, concurrency=8, log=print):
         rate.append([{"role": "user", "content": JUDGE_RATE.format(question=text, a1=a, a2=r)}])
         rate.append([{"role": "user", "content": JUDGE_RATE.format(question=text, a1=r, a2=a)}])
     replies, _, _ = collect(judge, rate, cache, n=1, concurrency=concurrency, log=log)
-    scores, unparsed = [], 0
+    scores = []
+    unparsed = 0
     for i in range(0, len(replies), 2):
-        first, second = parse_scores(replies[i][0]), parse_scores(replies[i + 1][0])
+        first = parse_scores(replies[i][0])
+        second = parse_scores(replies[i + 1][0])
         unparsed += (first is None) + (second is None)
         pairs = ([first] if first else []) + ([(second[1], second[0])] if second else [])  # (student, ref)
         if pairs:
@@ -219,7 +223,8 @@ def judge_scores(questions, answers, judge, cache, concurrency=8, log=print):
 
 def rouge_l(candidate, reference):
     """ROUGE-L F1 on whitespace tokens (longest common subsequence)."""
-    c, r = candidate.split(), reference.split()
+    c = candidate.split()
+    r = reference.split()
     if not c or not r:
         return 0.0
     prev = [0] * (len(r) + 1)
@@ -231,14 +236,16 @@ def rouge_l(candidate, reference):
     lcs = prev[-1]
     if lcs == 0:
         return 0.0
-    p, rec = lcs / len(c), lcs / len(r)
+    p = lcs / len(c)
+    rec = lcs / len(r)
     return 2 * p * rec / (p + rec)
 
 
 def ngram_overlap(candidate, reference, n):
     """Clipped n-gram precision of the candidate against the reference (BLEU's modified precision)."""
     grams = lambda ws: Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
-    c, r = grams(candidate.split()), grams(reference.split())
+    c = grams(candidate.split())
+    r = grams(reference.split())
     total = sum(c.values())
     return sum(min(v, r[g]) for g, v in c.items()) / total if total else 0.0
 

@@ -84,9 +84,11 @@ def together(fn):
     """fn() on every process; if it stops one of them (SystemExit), all stop with that message, so none is left
     waiting in a collective for a process that has gone."""
     try:
-        out, error = fn(), None
+        out = fn()
+        error = None
     except SystemExit as e:
-        out, error = None, str(e.code)
+        out = None
+        error = str(e.code)
     if processes() > 1:
         errors = [None] * processes()
         dist.all_gather_object(errors, error)
@@ -162,7 +164,8 @@ def local(batch):
     if processes() == 1:
         return batch
     per = len(batch.prompts) // processes()
-    i, j = rank() * per, (rank() + 1) * per
+    i = rank() * per
+    j = (rank() + 1) * per
     return Batch(batch.idx[i:j], batch.prompts[i:j], cut(batch.teacher, i, j), cut(batch.teacher_for_d, i, j))
 
 

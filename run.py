@@ -28,7 +28,6 @@ import parallel
 import world
 from data import load_tokenizer
 from eval import evaluate as evaluate_run, sample_and_judge
-from teacher import redact_url
 
 PHASES = {"all": ["gad", "seqkd"], "gad": ["gad"], "seqkd": ["seqkd"]}
 STAGES = {"gad": {"warmup", "gad"}, "seqkd": {"seqkd"}}  # the metrics.jsonl stages each phase writes
@@ -56,7 +55,8 @@ def parse_args(groups, argv=None, doc=None):
     # values derived from others: config.json keeps them as given (so a replay derives them anew), the log shows both
     cfg.as_given = {}
     if cfg.seqkd_steps == -1:
-        cfg.as_given["seqkd_steps"], cfg.seqkd_steps = -1, cfg.warmup_steps + cfg.gad_steps
+        cfg.as_given["seqkd_steps"] = -1
+        cfg.seqkd_steps = cfg.warmup_steps + cfg.gad_steps
     check(cfg, config, ap.error)
     given = sys.argv[1:] if argv is None else argv
     if "out_dir" in values and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in given) \
@@ -65,7 +65,8 @@ def parse_args(groups, argv=None, doc=None):
                  f"--out-dir (or --resume to continue that run, --out-dir {cfg.out_dir} to start it over)")
     world.use(cfg.world)  # the embedded world's variant: its teacher, student and judge
     if cfg.init_from:
-        cfg.as_given["warmup_steps"], cfg.warmup_steps = cfg.warmup_steps, 0
+        cfg.as_given["warmup_steps"] = cfg.warmup_steps
+        cfg.warmup_steps = 0
     return cfg
 
 
@@ -105,7 +106,11 @@ def short(value):
     """A value as an error message may echo it: at most 80 characters (a YAML anchor can expand a small file into
     a huge value)."""
     brief = reprlib.Repr()
-    brief.maxstring, brief.maxother, brief.maxlist, brief.maxdict, brief.maxlevel = 60, 60, 4, 4, 2
+    brief.maxstring = 60
+    brief.maxother = 60
+    brief.maxlist = 4
+    brief.maxdict = 4
+    brief.maxlevel = 2
     return brief.repr(value)[:80]
 
 
@@ -149,7 +154,7 @@ def check(cfg, config, error):
 def config_record(cfg):
     """What config.json holds: the flags as given (a derived value is derived again by a replay), never a password."""
     return {**{k: v for k, v in vars(cfg).items() if k != "as_given"}, **cfg.as_given,
-            "teacher_base_url": redact_url(cfg.teacher_base_url)}
+            "teacher_base_url": checkpoint.redact_url(cfg.teacher_base_url)}
 
 
 SAME_RUN_IGNORES = {"resume", "config", "out_dir"}  # a folder may be moved or spelled differently; it is the run's
@@ -207,7 +212,8 @@ class Run:
     def start(self):
         """The run really starts: write config.json, find the resume point, reset the metrics of what will be
         redone. Returns [(phase, its resume point or None)] for the phases left to train."""
-        cfg, main = self.cfg, parallel.is_main()
+        cfg = self.cfg
+        main = parallel.is_main()
         if main:
             checkpoint.write_json(self.config_path, self.config)
         phases = PHASES[cfg.mode]

@@ -8,9 +8,9 @@ Pre-collected pairs in the paper's format are read by data.py instead (`--teache
 
 `TeacherCache` keeps every answer on disk (JSONL, a line per prompt, keyed by a hash of teacher, messages and
 params), shared by the runs under one runs/ folder, so an answer is never paid for twice and an interrupted
-collection resumes. `collect` is the only way training reads the teacher: an empty answer is asked again
-(EMPTY_RETRIES times, and again by the next collection); a refusal or a cut-off answer is recorded, never asked
-again, and left out of training. `training_pairs` is train_gad's stage 0.
+collection resumes. `collect` is the only way training reads the teacher: an empty answer is asked again (EMPTY_RETRIES
+times, and by the next collection); a refusal or a cut-off answer is recorded, never asked again, and left out of
+training. `training_pairs` is train_gad's stage 0.
 """
 import contextlib
 import fcntl
@@ -93,8 +93,11 @@ class TeacherCache:
     file given as --teacher-cache) is refused, never changed; a complete cache on a read-only mount is used as is."""
 
     def __init__(self, path, log=None):
-        self.path, self.log = path, log
-        self.entries, self.torn_lines, self.offset = {}, 0, 0
+        self.path = path
+        self.log = log
+        self.entries = {}
+        self.torn_lines = 0
+        self.offset = 0
         self.lock = threading.Lock()
         if os.path.isdir(path):
             raise TeacherError(f"teacher cache {path}: is a folder, not a cache file")
@@ -116,7 +119,8 @@ class TeacherCache:
             f.seek(self.offset)
             data = f.read()
             end = data.rfind(b"\n") + 1
-            lines, tail = data[:end].split(b"\n")[:-1], data[end:]
+            lines = data[:end].split(b"\n")[:-1]
+            tail = data[end:]
             records = [_record(line) for line in lines]
             if self.offset == 0 and (records[0] is None if records else tail and not _record_start(tail)):
                 raise TeacherError(f"teacher cache {self.path}: not a teacher cache (line 1 is not a cache "
@@ -206,7 +210,8 @@ def _ask_all(teacher, missing, by_key, params, cache, concurrency, log):
                 break
         cache.put(key, teacher.name, by_key[key], params, texts, finish)
 
-    t0, done = time.time(), 0
+    t0 = time.time()
+    done = 0
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
     futures = [pool.submit(ask, k) for k in missing]
     try:
@@ -223,14 +228,6 @@ class TeacherError(RuntimeError):
     """A teacher failure that retrying will not fix (bad key, unknown model, malformed request)."""
 
 
-def _scrub(text):
-    """Remove any API key found in the environment, and any user:password in a URL, from a message."""
-    for var, key in os.environ.items():
-        if var.endswith("API_KEY") and len(key) >= 4:
-            text = text.replace(key, "***")
-    return redact_url(text)
-
-
 def endpoint(base_url=None):
     """The endpoint an OpenAI-compatible teacher talks to: base_url, else $OPENAI_BASE_URL (as the openai
     client itself reads it), else OpenAI's. Returns (url to call, name to file answers under): the name
@@ -242,11 +239,6 @@ def endpoint(base_url=None):
         host += f":{parts.port}"
     name = urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), parts.query, ""))
     return url, name
-
-
-def redact_url(url):
-    """A URL with any user:password replaced by ***, for config.json and logs."""
-    return re.sub(r"//[^/@\s]+@", "//***@", url) if url else url
 
 
 class OpenAITeacher:
@@ -268,12 +260,16 @@ class OpenAITeacher:
                                    "(keys are read from the environment only)")
             key = "local"  # a local server accepts any key
         self.client = openai.OpenAI(api_key=key, base_url=url, timeout=timeout, max_retries=0)
-        self.model, self.system_prompt, self.log = model, system_prompt, log
+        self.model = model
+        self.system_prompt = system_prompt
+        self.log = log
         self.name = f"openai:{model}@{where}"
         self.params = {"temperature": temperature, "max_tokens": max_tokens}
         if system_prompt:
             self.params["system_prompt_sha256"] = hashlib.sha256(system_prompt.encode()).hexdigest()[:16]
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
         self.retries = 0
 
     def respond(self, messages, n=1):
@@ -291,17 +287,21 @@ class OpenAITeacher:
                 texts = [None if f == "refused" else c.message.content or "" for f, c in zip(finish, r.choices)]
                 if len(texts) == n and all(t is None or isinstance(t, str) for t in texts):
                     return texts, finish
-                wait, why = self.backoff * 2 ** attempt, f"malformed reply ({len(texts)} of {n} choices)"
+                wait = self.backoff * 2 ** attempt
+                why = f"malformed reply ({len(texts)} of {n} choices)"
             except openai.APIStatusError as e:
                 code = (e.body or {}).get("code") if isinstance(e.body, dict) else None
                 if e.status_code not in self.RETRYABLE or code == "insufficient_quota":  # quota: retrying won't help
-                    raise TeacherError(_scrub(f"teacher {self.name}: HTTP {e.status_code}: {e.message}")) from None
-                wait, why = _retry_after(e.response) or self.backoff * 2 ** attempt, f"HTTP {e.status_code}"
+                    why = checkpoint.scrub(f"teacher {self.name}: HTTP {e.status_code}: {e.message}")
+                    raise TeacherError(why) from None
+                wait = _retry_after(e.response) or self.backoff * 2 ** attempt
+                why = f"HTTP {e.status_code}"
             except UnicodeError as e:  # text no request can carry (a lone surrogate): retrying cannot help
                 raise TeacherError(f"teacher {self.name}: the prompt cannot be sent ({e.reason})") from None
             except (openai.APITimeoutError, openai.APIConnectionError, openai.APIResponseValidationError,
                     ValueError) as e:
-                wait, why = self.backoff * 2 ** attempt, type(e).__name__
+                wait = self.backoff * 2 ** attempt
+                why = type(e).__name__
             if attempt == self.max_retries:
                 raise TeacherError(f"teacher {self.name}: gave up after {attempt + 1} attempts (last: {why})")
             self.retries += 1
@@ -370,9 +370,8 @@ def trainable(finishes, texts, log):
 
 # ---------------------------------------------------------------------------- stage 0 of train_gad
 def training_pairs(cfg, records, tok, log):
-    """(prompts, teacher texts) to train on: from --teacher-data, or by asking cfg's teacher (cached; the Batch API
-    with --teacher-batch). Prompts over --max-prompt-len are left out before anything is asked; empty, refused
-    and cut-off answers after; each with a count in the log."""
+    """(prompts, teacher texts) to train on: --teacher-data, or cfg's teacher asked (cached; --teacher-batch). Prompts
+    over --max-prompt-len are left out before anything is asked; empty, refused, cut-off answers after; all counted."""
     from teacher_batch import collect_batch  # (teacher_batch.py builds on this file)
     if cfg.teacher_data:
         records = data.fixed_subset(records, cfg.train_prompts, log)

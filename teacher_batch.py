@@ -24,8 +24,8 @@ import time
 import openai
 from tqdm import tqdm
 
-from checkpoint import write_json
-from teacher import TeacherError, _scrub, cache_key, finish_of, is_empty, to_ask, with_system_prompt
+from checkpoint import scrub, write_json
+from teacher import TeacherError, cache_key, finish_of, is_empty, to_ask, with_system_prompt
 
 DONE = ("completed", "failed", "expired", "cancelled")
 
@@ -35,7 +35,7 @@ def collect_batch(teacher, prompts, cache, state_path, log, poll_seconds=30.0):
     try:
         return _collect_batch(teacher, prompts, cache, state_path, log, poll_seconds)
     except openai.APIError as e:  # a rejected upload or batch, a bad key, an unreachable endpoint
-        raise TeacherError(_scrub(f"teacher {teacher.name}: batch API: {type(e).__name__}: {e}")) from None
+        raise TeacherError(scrub(f"teacher {teacher.name}: batch API: {type(e).__name__}: {e}")) from None
 
 
 def _collect_batch(teacher, prompts, cache, state_path, log, poll_seconds):
@@ -124,7 +124,8 @@ def store(teacher, batch, cache, by_key, params, log=print):
     every answer that parses is kept (it is paid for). Returns how many distinct prompts got an answer."""
     if not batch.output_file_id:
         return 0
-    stored, bad = set(), 0
+    stored = set()
+    bad = 0
     for line in teacher.client.files.content(batch.output_file_id).text.split("\n"):  # "\n" only: an answer may
         if not line.strip():                                                          # hold U+2028 and the like
             continue

@@ -250,7 +250,8 @@ def build_student(out_dir, seed=0, steps=800, batch_size=64, lr=2e-3, hidden=128
     torch.manual_seed(seed)
     tok = build_tokenizer()
     model = LlamaForCausalLM(student_config(tok, hidden, layers))
-    model.generation_config.pad_token_id, model.generation_config.eos_token_id = tok.pad_token_id, tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
     corpus = pretrain_corpus(steps * batch_size, seed=seed + 1000)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))

@@ -15,11 +15,11 @@ import torch  # noqa: E402
 
 import generator  # noqa: E402
 import parallel  # noqa: E402
-import run  # noqa: E402
 import train_gad  # noqa: E402
 import world  # noqa: E402
-from data import Data  # noqa: E402
-from data import load_tokenizer  # noqa: E402
+from data import Data, load_tokenizer  # noqa: E402
+from discriminator import load_discriminator  # noqa: E402
+from generator import load_generator  # noqa: E402
 
 
 def fixed_samples(tok):
@@ -46,8 +46,9 @@ def main(model_dir, out, *flags):
     data = Data(tok, prompts, [world.teacher_respond(p, rng) for p in prompts], cfg, print)
     train_gad.sample = fixed_samples(tok)
     torch.manual_seed(0)
-    G, ref = run.load_generator(model_dir, cfg), run.load_generator(model_dir, cfg).eval().requires_grad_(False)
-    D = run.load_discriminator(model_dir, cfg)  # the same new head on every rank (same seed)
+    G = load_generator(model_dir, cfg)
+    ref = load_generator(model_dir, cfg).eval().requires_grad_(False)
+    D = load_discriminator(model_dir, cfg)  # the same new head on every rank (same seed)
     g_opt, d_opt = train_gad.adamw(G, cfg.lr_warmup, cfg), train_gad.adamw(D, cfg.lr_d, cfg)
     metrics = []
     batch = parallel.local(data.next())

@@ -9,6 +9,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "exercises"))
 import check  # noqa: E402
+import check5  # noqa: E402
 
 HEAD = "import torch\nimport torch.nn.functional as F\n"
 
@@ -141,7 +142,7 @@ def test_exercise5_learning_check_can_fail(tmp_path, monkeypatch):
     """A step that updates nothing must fail the learning check (the order checks are bypassed here)."""
     def idle_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
         return {"reward_mean": 0.0}, None
-    monkeypatch.setattr(check.tempfile, "mkdtemp", lambda prefix="": str(tmp_path))
-    learns = dict((name, fn) for name, fn, _ in check.checks_5(idle_step))["a tiny run learns"]
+    monkeypatch.setattr(check5.tempfile, "mkdtemp", lambda prefix="": str(tmp_path))
+    learns = dict((name, fn) for name, fn, _ in check5.checks_5(idle_step))["a tiny run learns"]
     with pytest.raises(check.Fail, match="did not learn"):
         learns()

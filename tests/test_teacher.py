@@ -1,6 +1,7 @@
 """Teacher: black-box text only, and the on-disk cache that never pays for a response twice."""
 import json
 
+import checkpoint
 import data as data_mod
 import teacher as T
 import world
@@ -143,7 +144,7 @@ def test_endpoint_names_are_normalised_and_never_hold_credentials(monkeypatch):
     assert T.endpoint("https://api.example.com:443/v1/")[1] == "https://api.example.com/v1"
     url, name = T.endpoint("http://user:s3cret@127.0.0.1:8000/v1")
     assert "s3cret" in url and "s3cret" not in name and "user" not in name
-    assert T.redact_url("http://user:s3cret@host/v1") == "http://***@host/v1"
+    assert checkpoint.redact_url("http://user:s3cret@host/v1") == "http://***@host/v1"
     assert T.endpoint(None)[1] == "https://api.openai.com/v1"
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9999/v1/")
     assert T.endpoint(None) == ("http://127.0.0.1:9999/v1/", "http://127.0.0.1:9999/v1")

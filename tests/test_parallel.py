@@ -131,7 +131,7 @@ def test_each_rank_takes_whole_prompt_groups(monkeypatch):
     prompts = [[5] * k for k in (1, 2, 3, 4)]
     teacher = pack(prompts, [[7] * k for k in (2, 1, 2, 4)], 0)  # rows of 3, 3, 5 and 8 tokens
     batch = Batch([10, 11, 12, 13], prompts, teacher, teacher)
-    monkeypatch.setattr(parallel, "world", lambda: 2)
+    monkeypatch.setattr(parallel, "processes", lambda: 2)
     parts = []
     for r in (0, 1):
         monkeypatch.setattr(parallel, "rank", lambda r=r: r)

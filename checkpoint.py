@@ -48,12 +48,17 @@ def save_model(model, path, tok=None):
 
 
 def write_json(path, obj):
-    """obj as strict JSON (NaN / inf written as null) into a temp file, then renamed: never half-written."""
+    """obj as strict JSON (NaN / inf written as null), atomically."""
+    write_atomic(path, json.dumps(json_safe(obj), indent=2, allow_nan=False))
+
+
+def write_atomic(path, text):
+    """text into a temp file, fsynced, then renamed over path: never half-written; a failure is one line."""
     if os.path.isdir(path):
         raise SystemExit(f"{path}: is a folder; move it away to write this file")
     try:
         with open(path + ".tmp", "w") as f:
-            json.dump(json_safe(obj), f, indent=2, allow_nan=False)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(path + ".tmp", path)
@@ -237,14 +242,7 @@ def reset_metrics(out_dir, stages, from_step=0):
     if not os.path.exists(path):
         return
     keep = [json.dumps(r) + "\n" for r in read_jsonl(path) if r.get("stage") not in stages or r["step"] < from_step]
-    try:
-        with open(path + ".tmp", "w") as f:
-            f.writelines(keep)  # a torn last line is dropped here too
-        os.replace(path + ".tmp", path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.remove(path + ".tmp")
-        raise SystemExit(f"train_gad.py: cannot write {path}: {e.strerror}") from None
+    write_atomic(path, "".join(keep))  # a torn last line is dropped here too
 
 
 def lock_folder(out_dir):

@@ -34,8 +34,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import world
 from checkpoint import read_json, write_json
-from data import DataError, load_records
-from data import prompt_ids
+from data import DataError, load_records, pack, prompt_ids, response_ids
+from discriminator import Discriminator
 from generator import finished, sample
 from teacher import EmbeddedTeacher, TeacherCache, TeacherError, collect, make_teacher
 
@@ -131,6 +131,10 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
             m, texts = sample_and_judge(model, tok, prompts, samples, temperature, max_new_tokens, seed)
             results[name].update({prefix + k: v for k, v in m.items()})
             examples.setdefault(prefix, {})[name] = texts[::samples]
+        if os.path.isdir(os.path.join(run_dir, name, "discriminator")):  # does this checkpoint's D see validity?
+            D = Discriminator.from_pretrained(os.path.join(run_dir, name, "discriminator")).eval()
+            results[name].update(d_informativeness(D, model, tok, splits[""], D_PROBE_SAMPLES, temperature,
+                                                   max_new_tokens, seed))
     teacher = EmbeddedTeacher(seed=seed + 12345)  # fresh teacher samples, not the training data
     results["teacher"] = {}
     for prefix, prompts in splits.items():
@@ -150,6 +154,52 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
             for name, ex in examples[prefix].items():
                 log(f"  {name:>8}: {ex[i]}")
     return results
+
+
+# ---------------------------------------------------------------------------- does D see? (evaluation only)
+D_PROBE_SAMPLES = 8  # G's samples per test prompt that D is checked on
+
+
+def auc(positives, negatives):
+    """P(a positive scores above a negative), ties counting 1/2 (Mann-Whitney); None unless both exist."""
+    if not positives or not negatives:
+        return None
+    wins = sum((p > q) + 0.5 * (p == q) for p in positives for q in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def d_informativeness(D, G, tok, prompts, n, temperature, max_new_tokens, seed=0):
+    """D checked against the world's judge on n fresh samples of G per prompt (evaluation only, never trained on):
+      d_auc             AUC of D's score, valid over invalid samples (0.5: D is blind to validity; < 0.5: its
+                        reward pushes toward invalid answers)
+      d_group_rank_acc  inside the groups that hold both, the share of (valid, invalid) pairs D ranks right
+      d_mixed_groups    the share of prompts whose n samples hold both (only those give GRPO a validity signal)
+      d_acc_valid / d_acc_invalid   D's pair accuracy (a fresh teacher answer above the sample), by validity"""
+    torch.manual_seed(seed)
+    ids = [prompt_ids(tok, m) for m in prompts]
+    samples = sample(G, tok, ids, n, temperature, max_new_tokens)
+    valid = [world.judge(world.topic_of(prompts[i // n]), tok.decode(s, skip_special_tokens=True).strip())["valid"]
+             for i, s in enumerate(samples)]
+    teacher = EmbeddedTeacher(seed=seed + 54321)
+    answers = [response_ids(tok, teacher.respond(m)[0]) for m in prompts]
+    with torch.no_grad():
+        scores = torch.cat([D(pack([p for p in ids[i:i + 32] for _ in range(n)], samples[i * n:(i + 32) * n],
+                                   tok.pad_token_id)) for i in range(0, len(ids), 32)]).tolist()
+        teacher_scores = torch.cat([D(pack(ids[i:i + 32], answers[i:i + 32], tok.pad_token_id))
+                                    for i in range(0, len(ids), 32)]).tolist()
+    groups = [(scores[i:i + n], valid[i:i + n]) for i in range(0, len(scores), n)]
+    mixed = [g for g in groups if any(g[1]) and not all(g[1])]
+    sides = [([s for s, v in zip(*g) if v], [s for s, v in zip(*g) if not v]) for g in mixed]   # (valid, invalid)
+    pairs = sum(len(good) * len(bad) for good, bad in sides)
+    beaten = [teacher_scores[i // n] > s for i, s in enumerate(scores)]
+
+    def share(flags):
+        return sum(flags) / len(flags) if flags else None
+    return {"d_auc": auc([s for s, v in zip(scores, valid) if v], [s for s, v in zip(scores, valid) if not v]),
+            "d_group_rank_acc": sum(auc(*s) * len(s[0]) * len(s[1]) for s in sides) / pairs if pairs else None,
+            "d_mixed_groups": len(mixed) / len(groups),
+            "d_acc_valid": share([b for b, v in zip(beaten, valid) if v]),
+            "d_acc_invalid": share([b for b, v in zip(beaten, valid) if not v])}
 
 
 def format_table(results, prefix=""):

@@ -48,6 +48,9 @@ def test_contract_files(gad_run):
         for key in ("fidelity", "relevance", "length", "distinct_2", "ood_fidelity"):
             assert key in ev[model], (model, key)
             assert 0.0 <= ev[model]["fidelity"] <= 1.0
+    for model in ("warmup", "gad"):                                 # D checked against the judge
+        assert 0.0 <= ev[model]["d_mixed_groups"] <= 1.0 and "d_auc" in ev[model] and "d_acc_invalid" in ev[model]
+    assert "d_auc" not in ev["before"] and "d_auc" not in ev["teacher"]
     recs = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["stage"] for r in recs] == ["warmup"] * 20 + ["gad"] * 20
     assert [r["step"] for r in recs] == list(range(40))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import eval as E
 import report
@@ -120,3 +121,63 @@ def test_eval_judge_errors_name_the_judge_flag(model_run, tmp_path):
     with pytest.raises(T.TeacherError, match="--judge 'bogus': expected") as error:
         E.evaluate_real(model_run, str(test), "bogus", log=lambda *a: None)
     assert "--teacher" not in str(error.value)
+
+
+# ---------------------------------------------------------------------------- does D see? (issue: the blind D)
+def test_auc_is_the_mann_whitney_statistic():
+    import random
+    rng = random.Random(0)
+    pos = [rng.choice([0.1, 0.5, 0.9, 1.3]) for _ in range(40)]
+    neg = [rng.choice([0.1, 0.5, 0.7]) for _ in range(30)]
+    ranked = sorted([(x, 1) for x in pos] + [(x, 0) for x in neg])          # the rank-sum form, ties averaged
+    ranks, i = {}, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        for k in range(i, j):
+            ranks[k] = (i + j + 1) / 2
+        i = j
+    rank_sum = sum(ranks[k] for k, (_, label) in enumerate(ranked) if label)
+    expected = (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+    assert E.auc(pos, neg) == pytest.approx(expected) and E.auc(pos, []) is None
+
+
+class PlantedD(torch.nn.Module):
+    """A discriminator that scores by the judge's verdict (sign +1), against it (-1), or not at all (0)."""
+
+    def __init__(self, tok, sign):
+        super().__init__()
+        self.tok, self.sign = tok, sign
+
+    def forward(self, batch):
+        import world
+        out = []
+        for ids, resp, attn in zip(batch["input_ids"], batch["response_mask"].bool(), batch["attention_mask"].bool()):
+            prompt = self.tok.decode(ids[attn & ~resp].tolist(), skip_special_tokens=True)
+            answer = self.tok.decode(ids[resp].tolist(), skip_special_tokens=True).strip()
+            valid = world.judge(world.topic_of([{"role": "user", "content": prompt}]), answer)["valid"]
+            out.append(self.sign * float(valid))
+        return torch.tensor(out)
+
+
+@pytest.mark.parametrize("sign, expected", [(1, 1.0), (-1, 0.0), (0, 0.5)], ids=["sees", "inverted", "blind"])
+def test_d_informativeness_tells_a_seeing_d_from_a_blind_one(sign, expected):
+    """Checked against the judge: a D that scores validity has AUC 1, its opposite 0, a constant D 0.5."""
+    import world
+    from transformers import AutoModelForCausalLM
+    tok = world.build_tokenizer()
+    G = AutoModelForCausalLM.from_pretrained(world.SHIPPED_STUDENT)      # its samples: valid and invalid alike
+    m = E.d_informativeness(PlantedD(tok, sign), G, tok, world.prompts("test")[:24], 4, 1.0, 40, seed=0)
+    assert 0 < m["d_mixed_groups"] < 1
+    assert m["d_auc"] == expected and m["d_group_rank_acc"] == expected
+    # the teacher's answer is valid: it ties with every valid sample (not "above"), and beats the invalid ones only
+    # when D scores validity up
+    assert m["d_acc_valid"] == 0.0 and m["d_acc_invalid"] == (1.0 if sign == 1 else 0.0)
+
+
+def test_summary_shows_whether_d_sees(tmp_path):
+    ev = {"warmup": {**EMBEDDED, "d_auc": 0.42, "d_mixed_groups": 0.59}, "gad": {**EMBEDDED, "d_auc": 0.29,
+                                                                                 "d_mixed_groups": 0.61}}
+    d = run_folder(tmp_path / "a", ev, [{"stage": "gad", "step": 1, "d_acc": 0.6, "kl": 0.01, "reward_group_std": 0.2}])
+    assert f"- {d}: d_auc 0.42 / 0.29, d_mixed_groups 0.59 / 0.61" in report.summarize([d])

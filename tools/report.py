@@ -50,6 +50,15 @@ def summarize(run_dirs, keys=("fidelity", "relevance", "length", "distinct_2", "
              "reward_group_std and mean / max k3 KL in GAD"]
     for d in run_dirs:
         lines.append(f"- {d}: " + health(d))
+    seeing = [(d, e) for d, e in zip(run_dirs, runs) if any("d_auc" in (e.get(m) or {}) for m in ("warmup", "gad"))]
+    if seeing:
+        lines += ["", "Does D see validity? (eval.json: its AUC valid over invalid samples of its G, and the share of "
+                  "groups holding both; warmup / GAD)"]
+        def cell(e, k):
+            return " / ".join(f"{e[m][k]:.2f}" if isinstance((e.get(m) or {}).get(k), float) else "-"
+                              for m in ("warmup", "gad"))
+        for d, e in seeing:
+            lines.append(f"- {d}: d_auc {cell(e, 'd_auc')}, d_mixed_groups {cell(e, 'd_mixed_groups')}")
     return "\n".join(lines) + f"\n\n({len(runs)} run{'' if len(runs) == 1 else 's'}: {', '.join(run_dirs)})"
 
 

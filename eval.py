@@ -133,8 +133,8 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
             examples.setdefault(prefix, {})[name] = texts[::samples]
         if os.path.isdir(os.path.join(run_dir, name, "discriminator")):  # does this checkpoint's D see validity?
             D = Discriminator.from_pretrained(os.path.join(run_dir, name, "discriminator")).eval()
-            results[name].update(d_informativeness(D, model, tok, splits[""], D_PROBE_SAMPLES, temperature,
-                                                   max_new_tokens, seed))
+            results[name].update(d_informativeness(D, model, tok, splits[""], 2 * samples, temperature,
+                                                   max_new_tokens, seed))  # 8 per prompt by default
     teacher = EmbeddedTeacher(seed=seed + 12345)  # fresh teacher samples, not the training data
     results["teacher"] = {}
     for prefix, prompts in splits.items():
@@ -157,9 +157,6 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
 
 
 # ---------------------------------------------------------------------------- does D see? (evaluation only)
-D_PROBE_SAMPLES = 8  # G's samples per test prompt that D is checked on
-
-
 def auc(positives, negatives):
     """P(a positive scores above a negative), ties counting 1/2 (Mann-Whitney); None unless both exist."""
     if not positives or not negatives:

@@ -90,27 +90,19 @@ def json_safe(obj):
 
 
 def append_jsonl(path, rec):
-    """One JSON line appended in one write. A failed write (a full disk) is cut back off the file, so the file never
-    ends in a torn line, and stops the run in one line."""
-    line = (json.dumps(json_safe(rec), allow_nan=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    size = os.fstat(fd).st_size
+    """One JSON record appended as one locked line (append_locked); a failed write stops the run in one line."""
     try:
-        if os.write(fd, line) != len(line):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        append_locked(path, (json.dumps(json_safe(rec), allow_nan=False) + "\n").encode())
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, size)
         raise SystemExit(f"train_gad.py: cannot write {path}: {e.strerror}; make room, then rerun with --resume") \
             from None
-    finally:
-        os.close(fd)
 
 
 def append_locked(path, line):
-    """Append one line (bytes ending in a newline) to a file that other processes append to as well: one write under
-    an exclusive lock, fsynced. A fragment left by a writer that died mid-line is cut off first, so it never swallows
-    this line. Returns 1 if a fragment was cut, else 0."""
+    """Append one line (bytes ending in a newline) to a file that other processes may append to as well: one write
+    under an exclusive lock, fsynced. A fragment left by a writer that died mid-line is cut off first, so it never
+    swallows this line; a write that fails (a full disk) is cut back off, so the file never ends torn, and raises
+    OSError. Returns 1 if a fragment was cut, else 0."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -118,9 +110,16 @@ def append_locked(path, line):
         size = os.fstat(fd).st_size
         torn = bool(size) and os.pread(fd, 1, size - 1) != b"\n"
         if torn:
-            os.ftruncate(fd, size - len(_last_line(fd, size)))
-        os.write(fd, line)
-        os.fsync(fd)
+            size -= len(_last_line(fd, size))
+            os.ftruncate(fd, size)
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
     return int(torn)

@@ -116,7 +116,7 @@ def evaluate(run_dir, samples=4, temperature=0.8, max_new_tokens=40, seed=0, log
     if name not in world.WORLDS:
         raise SystemExit(f"eval.py: {config}: \"world\": {str(name)[:40]!r} is not one of {', '.join(world.WORLDS)}")
     world.use(name)
-    found = [(m, checkpoint_folder(run_dir, m)) for m in models if checkpoint_folder(run_dir, m)]
+    found = [(m, path) for m in models if (path := checkpoint_folder(run_dir, m))]
     if models and not found:
         expected = ", ".join(m + "/generator" for m in models)
         raise SystemExit(f"eval.py: no checkpoints in {run_dir} (expected {expected})")
@@ -308,18 +308,17 @@ def evaluate_real(run_dir, test_data, judge_spec=None, judge_base_url=None, temp
                          flag="--judge") if judge_spec else None
     cache = TeacherCache(os.path.join(run_dir, "judge_cache.jsonl"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    found = [(m, checkpoint_folder(run_dir, m)) for m in MODELS if checkpoint_folder(run_dir, m)]
+    found = [(m, path) for m in MODELS if (path := checkpoint_folder(run_dir, m))]
     if not found:
         raise SystemExit(f"eval.py: no checkpoints in {run_dir} (expected before/, warmup/, seqkd/ or gad/ generator/)")
     writable(os.path.join(run_dir, "eval.json"))
     answers = {}
     for name, path in found:
-        if path is not None:
-            tok, model = load(path, torch.bfloat16 if device == "cuda" else torch.float32, device)
-            tok.pad_token = tok.pad_token or tok.eos_token
-            torch.manual_seed(0)
-            answers[name] = student_responses(model, tok, questions, 1, temperature, max_new_tokens, gen_batch_size)
-            del model
+        tok, model = load(path, torch.bfloat16 if device == "cuda" else torch.float32, device)
+        tok.pad_token = tok.pad_token or tok.eos_token
+        torch.manual_seed(0)
+        answers[name] = student_responses(model, tok, questions, 1, temperature, max_new_tokens, gen_batch_size)
+        del model
     if all(r is not None for r in refs):
         answers["teacher"] = (refs, 1.0)
     results = {}

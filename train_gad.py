@@ -12,7 +12,7 @@ Stage 2  GAD (`gad_step`), per step, in the paper's order (Algorithm 1):
            5. one G update on the GRPO loss with a k3 KL to the post-warmup G
 SeqKD    the baseline: SFT on the same teacher data, same start, same number of G steps and prompts.
 
-Simplified (README): sized for a 2-core CPU and a 0.8M student; SeqKD keeps its last checkpoint. The run folder
+Simplified (docs/world.md): sized for a 2-core CPU and a 0.8M student; SeqKD keeps its last checkpoint. The run folder
 and logs: run.py; `torchrun --nproc-per-node N train_gad.py`: parallel.py.
 """
 import math
@@ -253,9 +253,9 @@ def train_gad(G, D, tok, data, cfg, folder, resume=None):
         batch = parallel.local(data.next())
         with parallel.amp():
             m, samples = gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D)
+            s_batch = student_batch(batch, samples, cfg.n_samples, tok.pad_token_id) if cfg.d_steps > 1 else None
             for _ in range(cfg.d_steps - 1 if update_D else 0):  # --d-steps k, a lab: k - 1 more D updates
-                d_update(D, d_opt, *d_scores(D, batch, student_batch(batch, samples, cfg.n_samples,
-                                                                      tok.pad_token_id), cfg), cfg)
+                d_update(D, d_opt, *d_scores(D, batch, s_batch, cfg), cfg)
         m = folder.evaluate_if_due(step, parallel.mean_metrics(m), G, tok)
         folder.log("gad", step, m, time.time() - t0)
         folder.show_sample("gad", step, data, batch, samples, tok)

@@ -55,7 +55,7 @@ def test_distinct_n():
 
 
 def test_support_size_is_what_the_teacher_actually_produces():
-    """The README's "424 distinct valid answers per topic": the teacher's samples reach exactly that many."""
+    """docs/world.md's "424 valid answers per topic": the teacher's samples reach exactly that many."""
     rng = random.Random(0)
     m = world.prompts("train")[0]
     answers = {world.teacher_respond(m, rng) for _ in range(30000)}

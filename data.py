@@ -265,6 +265,10 @@ class Data:
         self.rng = random.Random(self.seed)
         self.order = []
 
+    def messages(self, batch):
+        """The chat messages of a batch's prompts."""
+        return [self.prompts[i] for i in batch.idx]
+
     def next(self):
         """The next batch_prompts examples (a new shuffled epoch when one runs out)."""
         while len(self.order) < self.size:

@@ -165,7 +165,7 @@ def auc(positives, negatives):
     return wins / (len(positives) * len(negatives))
 
 
-def d_informativeness(D, G, tok, prompts, n, temperature, max_new_tokens, seed=0):
+def d_informativeness(D, G, tok, prompts, n, temperature, max_new_tokens, seed=0, samples=None):
     """D checked against the world's judge on n fresh samples of G per prompt (evaluation only, never trained on):
       d_auc             AUC of D's score, valid over invalid samples (0.5: D is blind to validity; < 0.5: its
                         reward pushes toward invalid answers)
@@ -174,9 +174,8 @@ def d_informativeness(D, G, tok, prompts, n, temperature, max_new_tokens, seed=0
       d_acc_valid / d_acc_invalid   D's pair accuracy (a fresh teacher answer above the sample), by validity"""
     torch.manual_seed(seed)
     ids = [prompt_ids(tok, m) for m in prompts]
-    samples = sample(G, tok, ids, n, temperature, max_new_tokens)
-    valid = [world.judge(world.topic_of(prompts[i // n]), tok.decode(s, skip_special_tokens=True).strip())["valid"]
-             for i, s in enumerate(samples)]
+    samples = samples or sample(G, tok, ids, n, temperature, max_new_tokens)  # (or the caller's, drawn so)
+    valid = judged_valid(prompts, samples, n, tok)
     teacher = EmbeddedTeacher(seed=seed + 54321)
     answers = [response_ids(tok, teacher.respond(m)[0]) for m in prompts]
     with torch.no_grad():
@@ -184,19 +183,39 @@ def d_informativeness(D, G, tok, prompts, n, temperature, max_new_tokens, seed=0
                                    tok.pad_token_id)) for i in range(0, len(ids), 32)]).tolist()
         teacher_scores = torch.cat([D(pack(ids[i:i + 32], answers[i:i + 32], tok.pad_token_id))
                                     for i in range(0, len(ids), 32)]).tolist()
+    beaten = [teacher_scores[i // n] > s for i, s in enumerate(scores)]
+    return ranking_metrics(scores, valid, n, "d_") | {"d_acc_valid": share([b for b, v in zip(beaten, valid) if v]),
+                                                      "d_acc_invalid": share([b for b, v in zip(beaten, valid)
+                                                                              if not v])}
+
+
+def judged_valid(prompts, samples, n, tok):
+    """The judge's verdict on each sample (token ids; sample i answers prompts[i // n], chat messages)."""
+    return [world.judge(world.topic_of(prompts[i // n]), tok.decode(s, skip_special_tokens=True).strip())["valid"]
+            for i, s in enumerate(samples)]
+
+
+def ranking_metrics(scores, valid, n, prefix):
+    """Scores [B*n] (groups of n) against the judge's valid/invalid labels: <prefix>auc, <prefix>group_rank_acc
+    (inside the groups that hold both), <prefix>mixed_groups (the share of groups that hold both)."""
     groups = [(scores[i:i + n], valid[i:i + n]) for i in range(0, len(scores), n)]
     mixed = [g for g in groups if any(g[1]) and not all(g[1])]
     sides = [([s for s, v in zip(*g) if v], [s for s, v in zip(*g) if not v]) for g in mixed]   # (valid, invalid)
     pairs = sum(len(good) * len(bad) for good, bad in sides)
-    beaten = [teacher_scores[i // n] > s for i, s in enumerate(scores)]
+    return {prefix + "auc": auc([s for s, v in zip(scores, valid) if v], [s for s, v in zip(scores, valid) if not v]),
+            prefix + "group_rank_acc": sum(auc(*s) * len(s[0]) * len(s[1]) for s in sides) / pairs if pairs else None,
+            prefix + "mixed_groups": len(mixed) / len(groups)}
 
-    def share(flags):
-        return sum(flags) / len(flags) if flags else None
-    return {"d_auc": auc([s for s, v in zip(scores, valid) if v], [s for s, v in zip(scores, valid) if not v]),
-            "d_group_rank_acc": sum(auc(*s) * len(s[0]) * len(s[1]) for s in sides) / pairs if pairs else None,
-            "d_mixed_groups": len(mixed) / len(groups),
-            "d_acc_valid": share([b for b, v in zip(beaten, valid) if v]),
-            "d_acc_invalid": share([b for b, v in zip(beaten, valid) if not v])}
+
+def judge_step(prompts, samples, scores, n, tok):
+    """Per training step (embedded world, evaluation only): the judge on this step's samples, and D's scores of them
+    (GAD's rewards as used: before D's update) checked against it. judge_valid = the share of valid samples."""
+    valid = judged_valid(prompts, samples, n, tok)
+    return {"judge_valid": share(valid)} | ranking_metrics(scores.tolist(), valid, n, "judge_d_")
+
+
+def share(flags):
+    return sum(flags) / len(flags) if flags else None
 
 
 def format_table(results, prefix=""):

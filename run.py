@@ -27,7 +27,7 @@ import checkpoint
 import parallel
 import world
 from data import load_tokenizer
-from eval import evaluate as evaluate_run, sample_and_judge
+from eval import evaluate as evaluate_run, judge_step, sample_and_judge
 
 PHASES = {"all": ["gad", "seqkd"], "gad": ["gad"], "seqkd": ["seqkd"]}
 STAGES = {"gad": {"warmup", "gad"}, "seqkd": {"seqkd"}}  # the metrics.jsonl stages each phase writes
@@ -249,8 +249,11 @@ class Run:
         return tqdm(range(start, total), desc=desc, initial=start, total=total,
                     disable=None if parallel.is_main() else True)
 
-    def evaluate_if_due(self, step, metrics, G, tok):
-        """--eval-every N: the judge's fidelity of G on the test prompts, logged (evaluation only, never trained on)."""
+    def evaluate_if_due(self, step, metrics, G, tok, judged=None):
+        """Evaluation only, never trained on. The embedded world: the judge on this step's samples and D's scores of
+        them, judged = (prompts, samples, scores) (under torchrun, rank 0's share); --eval-every N: G's fidelity."""
+        if judged and judged[1] is not None and self.cfg.teacher == "embedded" and parallel.is_main():
+            metrics |= judge_step(*judged, self.cfg.n_samples, tok)
         if self.cfg.eval_every and step % self.cfg.eval_every == 0:
             metrics["judge_fidelity"] = judge_fidelity(G, tok, self.cfg)
         return metrics

@@ -77,8 +77,8 @@ LABS = {
     "break_eos_symmetry": (False, "lab (exercises/lab1_eos.md): D sees teacher answers without their EOS", None),
     "init_from": ("", "start stage 2 from a warmup folder of an earlier run (runs/x/warmup): skip stage 1", None),
     "eval_every": (0, "embedded world: log judge_fidelity of G every N steps (evaluation only)", ">= 0"),
-    "world": ("default", "embedded world: default | long (a 31-token teacher mode, constraints across it)",
-              ("default", "long")),
+    "world": ("default", "embedded world: default | long (a 31-token mode) | habits (a student of other habits)",
+              ("default", "long", "habits")),
     "train_prompts": (0, "train on this many prompts, a fixed subset the same for every seed (0 = all)", ">= 0"),
     "pretrain_steps": (800, "embedded student: pretraining steps on the broad corpus (batch 64)", ">= 1"),
     "pretrain_seed": (0, "embedded student: its pretraining seed (one start for every --seed, as the paper)", None),
@@ -189,19 +189,19 @@ def g_update(G, ref, opt, s_batch, advantages, cfg):
 def warmup_step(G, D, g_opt, d_opt, tok, batch, cfg, update_D=True, update_G=True):
     """Stage 1: D learns to rank the teacher's answers above G's samples; G imitates the teacher (SFT)."""
     m = {}
-    samples = None
+    samples = scores = None
     if update_D:
         # 1. sample n responses per prompt from the current G
         samples = sample(G, tok, batch.prompts, cfg.n_samples, cfg.temperature, cfg.max_response_len,
                          cfg.gen_batch_size)
         s_batch = student_batch(batch, samples, cfg.n_samples, tok.pad_token_id)
         # 2. one D update on the Bradley-Terry loss (Eq. 3), each sample paired with its prompt's teacher answer
-        m = d_update(D, d_opt, *d_scores(D, batch, s_batch, cfg), cfg)
-        m |= sample_metrics(samples, tok.eos_token_id)
+        teacher_scores, scores, d_loss = d_scores(D, batch, s_batch, cfg)                 # [B], [B*n]
+        m = d_update(D, d_opt, teacher_scores, scores, d_loss, cfg) | sample_metrics(samples, tok.eos_token_id)
     if update_G:
         # 3. one SFT update of G on the teacher's answers
         m |= sft_update(G, g_opt, batch.teacher, cfg)
-    return m, samples
+    return m, samples, scores
 
 
 def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
@@ -220,7 +220,7 @@ def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     m = d_update(D, d_opt, teacher_scores, student_scores, d_loss, cfg, step=update_D)
     # 5. one G update: GRPO with these advantages + k3 KL to the post-warmup G
     m |= g_update(G, ref, g_opt, s_batch, advantages, cfg)
-    return m | reward_metrics(rewards, n) | sample_metrics(samples, tok.eos_token_id), samples
+    return m | reward_metrics(rewards, n) | sample_metrics(samples, tok.eos_token_id), samples, rewards
 
 
 # ---------------------------------------------------------------------------- the loops
@@ -238,9 +238,9 @@ def train_gad(G, D, tok, data, cfg, folder, resume=None):
         t0 = time.time()
         batch = parallel.local(data.next())       # this process's prompt groups (all of them in one process)
         with parallel.amp():
-            m, samples = warmup_step(G, D, g_opt, d_opt, tok, batch, cfg, update_D and not cfg.no_d_warmup,
-                                     update_G=step >= cfg.d_only_steps)
-        m = folder.evaluate_if_due(step, parallel.mean_metrics(m), G, tok)
+            m, samples, scores = warmup_step(G, D, g_opt, d_opt, tok, batch, cfg, update_D and not cfg.no_d_warmup,
+                                             update_G=step >= cfg.d_only_steps)
+        m = folder.evaluate_if_due(step, parallel.mean_metrics(m), G, tok, (data.messages(batch), samples, scores))
         folder.log("warmup", step, m, time.time() - t0)
         folder.show_sample("warmup", step, data, batch, samples, tok)
         folder.save_if_due("gad", step, tok, data, G, g_opt, D, d_opt)
@@ -252,11 +252,11 @@ def train_gad(G, D, tok, data, cfg, folder, resume=None):
         t0 = time.time()
         batch = parallel.local(data.next())
         with parallel.amp():
-            m, samples = gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D)
+            m, samples, rewards = gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D)
             s_batch = student_batch(batch, samples, cfg.n_samples, tok.pad_token_id) if cfg.d_steps > 1 else None
             for _ in range(cfg.d_steps - 1 if update_D else 0):  # --d-steps k, a lab: k - 1 more D updates
                 d_update(D, d_opt, *d_scores(D, batch, s_batch, cfg), cfg)
-        m = folder.evaluate_if_due(step, parallel.mean_metrics(m), G, tok)
+        m = folder.evaluate_if_due(step, parallel.mean_metrics(m), G, tok, (data.messages(batch), samples, rewards))
         folder.log("gad", step, m, time.time() - t0)
         folder.show_sample("gad", step, data, batch, samples, tok)
         folder.save_if_due("gad", step, tok, data, G, g_opt, D, d_opt)

@@ -69,6 +69,10 @@ WORLDS = {  # world -> {mode: (probability, template)}; {a} ... {f} are distinct
                       "people {v} them every day . so {t} are {a} ."),
     },
 }
+# `--world habits`: the default teacher, but a starting student pretrained on a mix in which teacher-like answers
+# are rare (5%): its own styles (short plain answers, refusals, rambles, other topics, other categories' words)
+# are habits one epoch of SFT may not remove -- differences from the teacher that show on many answers
+WORLDS["habits"] = dict(WORLDS["default"])
 TEACHER_MODES = dict(WORLDS["default"])  # the active world's modes (`use`)
 ACTIVE = {"world": "default"}
 
@@ -80,6 +84,7 @@ def use(name):
     TEACHER_MODES.clear()
     TEACHER_MODES.update(WORLDS[name])
     ACTIVE["world"] = name
+    ACTIVE["pretrain"] = PRETRAIN_MIXES.get(name, PRETRAIN_STYLES)
 
 
 def version():
@@ -88,6 +93,9 @@ def version():
 # The starting student's pretraining mix: teacher-like answers are a minority (25%).
 PRETRAIN_STYLES = {"teacher": 0.25, "plain": 0.2, "wrong_category": 0.15, "ramble": 0.1,
                    "off_topic": 0.15, "refusal": 0.15}
+PRETRAIN_MIXES = {"habits": {"teacher": 0.05, "plain": 0.25, "wrong_category": 0.15, "ramble": 0.15,
+                             "off_topic": 0.15, "refusal": 0.25}}  # the worlds whose student starts elsewhere
+ACTIVE["pretrain"] = PRETRAIN_STYLES
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} "
                  "{% if m['role'] == 'assistant' %}<|end|> {% endif %}{% endfor %}"
@@ -146,7 +154,8 @@ def teacher_respond(messages, rng):
 
 
 def _pretrain_answer(topic, rng):
-    style = rng.choices(list(PRETRAIN_STYLES), weights=list(PRETRAIN_STYLES.values()))[0]
+    mix = ACTIVE["pretrain"]
+    style = rng.choices(list(mix), weights=list(mix.values()))[0]
     cat = TOPIC_CATEGORY[topic]
     adj = rng.choice(CATEGORIES[cat][1])
     if style == "teacher":

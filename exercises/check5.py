@@ -82,8 +82,8 @@ def run_step(f, update_D=True):
                                   teacher_for_d="t_batch_for_d")
     tok = types.SimpleNamespace(pad_token_id=0, eos_token_id=1)
     out = g(object(), object(), object(), object(), object(), tok, batch, cfg, update_D)
-    expect(isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict),
-           f"return (metrics, samples); got {type(out).__name__}")
+    expect(isinstance(out, tuple) and len(out) == 3 and isinstance(out[0], dict),
+           f"return (metrics, samples, rewards); got {type(out).__name__}")
     return rec, out
 
 
@@ -96,12 +96,13 @@ LEARN_GAIN = 0.15  # the project's own step: 0.344 -> 0.625 here (exercises/ex5_
 
 def checks_5(f):
     def order():
-        rec, (m, samples) = run_step(f)
+        rec, (m, samples, rewards) = run_step(f)
         expect(rec.calls in (["sample", "d_scores", "advantages", "d_update", "g_update"],
                              ["sample", "d_scores", "d_update", "advantages", "g_update"]),
                f"a GAD step called {rec.calls}; expected sample -> d_scores (the rewards) -> advantages -> "
                "d_update -> g_update: the paper's order")
         expect(samples is not None and len(samples) == 8, "return this step's samples (the logger prints one)")
+        expect(rewards is rec.student_scores, "return this step's rewards (the judge checks them against validity)")
         for k in ("reward_mean", "response_length", "kl"):
             expect(k in m, f"a GAD step's metrics should include {k} (the log shows it); got {sorted(m)}")
 

@@ -12,7 +12,7 @@ from train_gad import d_scores, d_update, g_update  # noqa: F401
 
 def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     """Stage 2: G learns by policy gradient from D's scores of its own samples; D keeps learning.
-    Returns (metrics, samples).
+    Returns (metrics, samples, rewards).
 
     The blocks: sample (n responses per prompt from G), student_batch ([prompt ; sample] rows), d_scores
     (D's scores of the teacher rows and the samples, detached, and D's Bradley-Terry loss, Eq. 3; with
@@ -30,7 +30,7 @@ def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     #   m = d_update(D, d_opt, teacher_scores, student_scores, d_loss, cfg, step=update_D)
     #   teacher_scores, student_scores, d_loss = d_scores(D, batch, s_batch, cfg, backward=update_D)  # [B], [B*n]
     #   s_batch = student_batch(batch, samples, n, tok.pad_token_id)
-    #   return m | reward_metrics(rewards, n) | sample_metrics(samples, tok.eos_token_id), samples
+    #   return m | reward_metrics(rewards, n) | sample_metrics(samples, tok.eos_token_id), samples, rewards
     #   rewards = student_scores                                                                # [B*n]
     #   advantages = group_advantages(rewards, cfg.batch_prompts)                              # [B*n]
     raise NotImplementedError("exercise 5: order the lines of one GAD step")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--pretrain-steps", "300", "--batch-prompts", "8", "--n-samples", "4", "--warmup-steps", "20",
@@ -54,6 +55,8 @@ def test_contract_files(gad_run):
     recs = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["stage"] for r in recs] == ["warmup"] * 20 + ["gad"] * 20
     assert [r["step"] for r in recs] == list(range(40))
+    for r in recs:                   # D's scores of each step's samples (GAD's rewards) checked against the judge
+        assert 0.0 <= r["judge_valid"] <= 1.0 and 0.0 <= r["judge_d_mixed_groups"] <= 1.0 and "judge_d_auc" in r
     gad = recs[-1]
     for key in ("d_loss", "d_acc", "d_teacher_score", "d_student_score", "reward_mean", "reward_std", "kl",
                 "entropy", "response_length", "g_grad_norm", "d_grad_norm", "seconds"):
@@ -74,3 +77,60 @@ def test_seqkd_mode_and_standalone_eval(gad_run):
     ev = json.load(open(os.path.join(out, "eval.json")))
     assert set(ev) >= {"before", "warmup", "seqkd", "gad", "teacher"}
     assert "fidelity" in log
+
+
+class LengthD(torch.nn.Module):
+    """A discriminator planted to score by length only (the whole row's: prompt + response)."""
+
+    def forward(self, batch):
+        return batch["attention_mask"].sum(-1).float()
+
+
+def probe_small(out, **kw):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import probe
+    return probe.probe(out, "gad", n=4, fresh_prompts=4, fresh_steps=5, test_prompts=24, log=lambda *a: None, **kw)
+
+
+def test_probe_on_a_finished_run(gad_run):
+    out, _ = gad_run
+    r = probe_small(out)
+    assert json.load(open(os.path.join(out, "probe_gad.json")))["verdict"] == r["verdict"]
+    assert r["identical_text"] == 0.0                   # teacher rows and sample rows of one text score the same
+    for k in ("d_auc", "d_auc_same_length", "corr_length", "corr_logp", "zero_variance_groups", "fresh_train_acc",
+              "fresh_heldout_acc", "fresh_heldout_auc"):
+        assert k in r, k
+    assert r["verdict"] in ("sees", "blind", "inverted") and r["fresh_verdict"] in (
+        "sees validity", "separates, not by validity", "memorises", "too weak")
+
+
+def test_probe_reports_a_length_only_d_as_blind_and_a_validity_d_as_seeing(gad_run):
+    from test_report_eval import PlantedD
+    import world
+    out, _ = gad_run
+    r = probe_small(out, D=LengthD())
+    assert r["d_auc_same_length"] == 0.5 and r["verdict"] == "blind"
+    assert r["corr_length"] == pytest.approx(1.0)
+    r = probe_small(out, D=PlantedD(world.build_tokenizer(), 1))
+    assert r["d_auc"] == 1.0 and r["d_auc_same_length"] == 1.0 and r["verdict"] == "sees"
+
+
+def test_probe_identical_text_catches_the_eos_asymmetry(gad_run):
+    """With --break-eos-symmetry D reads the teacher's rows without their EOS: the same text then scores differently."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import probe
+    import train_gad
+    import world
+    from data import prompt_ids
+    from discriminator import Discriminator
+    from eval import load
+    from generator import sample
+    out, _ = gad_run
+    tok, G = load(os.path.join(out, "gad", "generator"))
+    D = Discriminator.from_pretrained(os.path.join(out, "gad", "discriminator")).eval()
+    prompts = world.prompts("test")[:8]
+    samples = sample(G, tok, [prompt_ids(tok, m) for m in prompts], 1, 1.0, 40)
+    for broken in (False, True):
+        flags = ["--config", os.path.join(out, "config.json"), "--out-dir", out] + ["--break-eos-symmetry"] * broken
+        diff = probe.identical_text(D, tok, train_gad.parse_args(flags), prompts, samples)
+        assert (diff > 1e-4) == broken, diff

@@ -27,7 +27,7 @@ def gad_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
     advantages = group_advantages(rewards, n)
     m = d_update(D, d_opt, teacher_scores, student_scores, d_loss, cfg, step=update_D)
     m |= g_update(G, ref, g_opt, s_batch, advantages, cfg)
-    return m | reward_metrics(rewards, n) | sample_metrics(samples, tok.eos_token_id), samples
+    return m | reward_metrics(rewards, n) | sample_metrics(samples, tok.eos_token_id), samples, rewards
 """
 
 # (exercise, planted bug, source of the learner's wrong version)
@@ -141,7 +141,7 @@ def test_exercise5_tiny_run_learns_with_the_project_step():
 def test_exercise5_learning_check_can_fail(tmp_path, monkeypatch):
     """A step that updates nothing must fail the learning check (the order checks are bypassed here)."""
     def idle_step(G, D, ref, g_opt, d_opt, tok, batch, cfg, update_D=True):
-        return {"reward_mean": 0.0}, None
+        return {"reward_mean": 0.0}, None, None
     monkeypatch.setattr(check5.tempfile, "mkdtemp", lambda prefix="": str(tmp_path))
     learns = dict((name, fn) for name, fn, _ in check5.checks_5(idle_step))["a tiny run learns"]
     with pytest.raises(check.Fail, match="did not learn"):

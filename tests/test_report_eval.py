@@ -181,3 +181,24 @@ def test_summary_shows_whether_d_sees(tmp_path):
                                                                                  "d_mixed_groups": 0.61}}
     d = run_folder(tmp_path / "a", ev, [{"stage": "gad", "step": 1, "d_acc": 0.6, "kl": 0.01, "reward_group_std": 0.2}])
     assert f"- {d}: d_auc 0.42 / 0.29, d_mixed_groups 0.59 / 0.61" in report.summarize([d])
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_judge_step_checks_each_steps_rewards_against_the_judge(sign):
+    """Per training step: the share of valid samples, and D's scores of them (the rewards) against the judge."""
+    import world
+    from data import response_ids
+    from teacher import EmbeddedTeacher
+    tok = world.build_tokenizer()
+    prompts = world.prompts("test")[:3]
+    teacher = EmbeddedTeacher(seed=0)
+    samples, valid = [], []
+    for k, m in enumerate(prompts):
+        for j in range(4):       # prompt 0: all valid; prompts 1, 2: two valid, two invalid
+            ok = k == 0 or j < 2
+            samples.append(response_ids(tok, teacher.respond(m)[0] if ok else "i do not know ."))
+            valid.append(ok)
+    scores = torch.tensor([sign * float(v) for v in valid])
+    m = E.judge_step(prompts, samples, scores, 4, tok)
+    assert m["judge_valid"] == pytest.approx(8 / 12) and m["judge_d_mixed_groups"] == pytest.approx(2 / 3)
+    assert m["judge_d_auc"] == m["judge_d_group_rank_acc"] == (1.0 if sign == 1 else 0.0)

@@ -1,0 +1,100 @@
+"""The search for the paper's regime (docs/d_sees.md): does a change of world or data make D see validity?
+
+    python tools/regime.py K1 K2              # seed 0 of each candidate (the screening)
+    python tools/regime.py K2 --seeds 0 1 2   # the three seeds
+    python tools/regime.py --summary          # the table of every finished run, written to docs/d_sees/regime.json
+
+Runs `train_gad.py --mode gad` per candidate and seed into runs/dsees/<id>_s<seed> (a finished run is reused),
+then reads each run's eval.json and metrics.jsonl. The criteria (fixed before the runs, docs/d_sees.md):
+  (1) warmup D's held-out d_auc >= 0.8   (2) mean d_acc of the last 22 warmup steps >= 0.6
+  (3) mean d_acc of the last 44 GAD steps below that of the last 22 warmup steps
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from checkpoint import read_json, read_jsonl, write_json  # noqa: E402
+
+CANDIDATES = {  # id -> (what changes, flags); the order of docs/d_sees.md
+    "K0": ("the default world", []),
+    "K1": ("--world long", ["--world", "long"]),
+    "K2": ("D's learning rate / 10", ["--lr-d", "1e-4"]),
+    "K3": ("--world long, D's learning rate / 10", ["--world", "long", "--lr-d", "1e-4"]),
+    # added after K0-K3 were screened (docs/d_sees.md says why)
+    "K4": ("--world habits: a starting student whose own styles one epoch of SFT may not remove",
+           ["--world", "habits"]),
+    "K5": ("a starting student pretrained 3 x longer (its habits entrenched)", ["--pretrain-steps", "2400"]),
+}
+OUT = os.path.join(ROOT, "runs", "dsees")
+
+
+def run_dir(cid, seed):
+    return os.path.join(OUT, f"{cid}_s{seed}")
+
+
+def train(cid, seed):
+    d = run_dir(cid, seed)
+    if os.path.exists(os.path.join(d, "eval.json")):
+        return
+    cmd = [sys.executable, "train_gad.py", "--mode", "gad", "--seed", str(seed), "--out-dir", d,
+           "--eval-models", "warmup,gad", *CANDIDATES[cid][1]]
+    print(" ".join(cmd[1:]), flush=True)
+    with open(d + ".log", "w") as log:
+        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.mean(xs) if xs else None
+
+
+def summary(d):
+    """The criteria's numbers for one run, and the judge's per-step view of D (means over windows of steps)."""
+    ev = read_json(os.path.join(d, "eval.json"))
+    recs = read_jsonl(os.path.join(d, "metrics.jsonl"))
+    warm = [r for r in recs if r["stage"] == "warmup"]
+    gad = [r for r in recs if r["stage"] == "gad"]
+    s = {"warmup_d_auc": ev["warmup"]["d_auc"], "gad_d_auc": ev["gad"]["d_auc"],
+         "warmup_fidelity": ev["warmup"]["fidelity"], "gad_fidelity": ev["gad"]["fidelity"],
+         "d_acc_warmup_last22": mean(r["d_acc"] for r in warm[-22:]),
+         "d_acc_gad_last44": mean(r["d_acc"] for r in gad[-44:]),
+         "step_d_auc_warmup_last22": mean(r.get("judge_d_auc") for r in warm[-22:]),
+         "step_d_auc_gad": mean(r.get("judge_d_auc") for r in gad),
+         "step_valid_warmup_last22": mean(r.get("judge_valid") for r in warm[-22:])}
+    s["meets"] = [s["warmup_d_auc"] is not None and s["warmup_d_auc"] >= 0.8, s["d_acc_warmup_last22"] >= 0.6,
+                  s["d_acc_gad_last44"] < s["d_acc_warmup_last22"]]
+    return s
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("candidates", nargs="*", help=f"candidate ids: {', '.join(CANDIDATES)}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--summary", action="store_true")
+    a = ap.parse_args()
+    for cid in a.candidates:
+        if cid not in CANDIDATES:
+            ap.error(f"unknown candidate {cid!r}: expected one of {', '.join(CANDIDATES)}")
+    os.makedirs(OUT, exist_ok=True)
+    for cid in a.candidates:
+        for seed in a.seeds:
+            train(cid, seed)
+    rows = {}
+    for cid in CANDIDATES:
+        for seed in range(10):
+            if os.path.exists(os.path.join(run_dir(cid, seed), "eval.json")):
+                rows[f"{cid}_s{seed}"] = {"candidate": CANDIDATES[cid][0], **summary(run_dir(cid, seed))}
+    for k, r in rows.items():
+        print(k, json.dumps({m: round(v, 3) if isinstance(v, float) else v for m, v in r.items()}))
+    if a.summary:
+        write_json(os.path.join(ROOT, "docs", "d_sees", "regime.json"), rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -73,6 +73,9 @@ WORLDS = {  # world -> {mode: (probability, template)}; {a} ... {f} are distinct
 # are rare (5%): its own styles (short plain answers, refusals, rambles, other topics, other categories' words)
 # are habits one epoch of SFT may not remove -- differences from the teacher that show on many answers
 WORLDS["habits"] = dict(WORLDS["default"])
+# `--world list`: one mode only, the one whose constraint the warmed-up student breaks most (three distinct
+# adjectives): nothing tells the teacher from the student but what they pick and whether they repeat
+WORLDS["list"] = {"list": (1.0, WORLDS["default"]["list"][1])}
 TEACHER_MODES = dict(WORLDS["default"])  # the active world's modes (`use`)
 ACTIVE = {"world": "default"}
 

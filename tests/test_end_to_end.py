@@ -113,6 +113,28 @@ def test_probe_reports_a_length_only_d_as_blind_and_a_validity_d_as_seeing(gad_r
     assert r["corr_length"] == pytest.approx(1.0)
     r = probe_small(out, D=PlantedD(world.build_tokenizer(), 1))
     assert r["d_auc"] == 1.0 and r["d_auc_same_length"] == 1.0 and r["verdict"] == "sees"
+    assert r["d_auc_same_mode"] == 1.0 and all(m["broken"] in (None, 0.0) or m["mean_score"] < 1 for m in
+                                               r["by_mode"].values())
+    r = probe_small(out, D=ModeD(world.build_tokenizer()))     # knows the template, not its constraints
+    assert r["d_auc_same_mode"] == 0.5 and abs(sum(m["teacher_share"] for m in r["by_mode"].values()) - 1) < 1e-9
+
+
+class ModeD(torch.nn.Module):
+    """A discriminator planted to score by the teacher template a response follows (its constraints aside)."""
+
+    def __init__(self, tok):
+        super().__init__()
+        self.tok = tok
+
+    def forward(self, batch):
+        import probe
+        import world
+        out = []
+        for ids, resp, attn in zip(batch["input_ids"], batch["response_mask"].bool(), batch["attention_mask"].bool()):
+            topic = world.topic_of([{"role": "user", "content": self.tok.decode(ids[attn & ~resp].tolist())}])
+            mode = probe.template_mode(topic, self.tok.decode(ids[resp].tolist(), skip_special_tokens=True).strip())
+            out.append(float(list(world.TEACHER_MODES).index(mode)) if mode else -1.0)
+        return torch.tensor(out)
 
 
 def test_probe_identical_text_catches_the_eos_asymmetry(gad_run):
@@ -134,3 +156,14 @@ def test_probe_identical_text_catches_the_eos_asymmetry(gad_run):
         flags = ["--config", os.path.join(out, "config.json"), "--out-dir", out] + ["--break-eos-symmetry"] * broken
         diff = probe.identical_text(D, tok, train_gad.parse_args(flags), prompts, samples)
         assert (diff > 1e-4) == broken, diff
+
+
+def test_regime_summary_reads_the_criteria_off_a_run(gad_run):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import regime
+    out, _ = gad_run
+    s = regime.summary(out)
+    ev = json.load(open(os.path.join(out, "eval.json")))
+    assert s["warmup_d_auc"] == ev["warmup"]["d_auc"] and s["gad_fidelity"] == ev["gad"]["fidelity"]
+    assert s["meets"] == [s["warmup_d_auc"] >= 0.8, s["d_acc_warmup_last22"] >= 0.6,
+                          s["d_acc_gad_last44"] < s["d_acc_warmup_last22"]]

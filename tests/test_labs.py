@@ -1,7 +1,8 @@
 """Every command of every lab sheet (exercises/lab*.md) runs, in a tiny configuration, in the order given.
 
 python train_gad.py commands get tiny settings inserted before the sheet's own flags (so the lab's change
-still wins); tools/experiments.py gets --tiny; every runs/ path is moved into a temporary folder."""
+still wins); tools/experiments.py gets --tiny; tools/probe.py a 2-step fresh D; every runs/ path is moved into a
+temporary folder."""
 import os
 import re
 import shlex
@@ -35,6 +36,9 @@ def tiny(cmd, tmp):
     if cmd[1] == "tools/experiments.py":
         out = os.path.join(tmp, "runs", "experiments")
         return [sys.executable, "tools/experiments.py", *cmd[2:], "--tiny", "--out", out]
+    if cmd[1] == "tools/probe.py":       # a fresh D of 2 steps on 2 prompts x 2 samples
+        return [sys.executable, *cmd[1:], "--samples", "2", "--fresh-prompts", "2", "--fresh-steps", "2",
+                "--test-prompts", "16"]
     return [sys.executable, *cmd[1:]]
 
 
@@ -43,8 +47,8 @@ def workdir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("labs")), set()
 
 
-def test_there_are_five_labs():
-    assert len(LABS) == 5, LABS
+def test_there_are_six_labs():
+    assert len(LABS) == 6, LABS
 
 
 @pytest.mark.parametrize("sheet", LABS)

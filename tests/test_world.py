@@ -168,3 +168,21 @@ def test_the_shipped_student_follows_the_recipe_and_a_short_rebuild_does_too(tmp
     assert world.shipped_student(out) == out
     for name in ("config.json", "tokenizer.json", "chat_template.jinja"):
         assert open(os.path.join(out, name)).read() == open(os.path.join(world.SHIPPED_STUDENT, name)).read(), name
+
+
+def test_habits_world_keeps_the_teacher_and_changes_only_the_students_start():
+    """--world habits: the default world's teacher and judge, a pretraining corpus with 5% teacher-like answers."""
+    def teacher_like(corpus):
+        return sum(world.judge(world.topic_of(m), r)["valid"] for m, r in corpus) / len(corpus)
+    m = world.prompts("train")[3]
+    default_answers = [world.teacher_respond(m, random.Random(k)) for k in range(50)]
+    default_corpus = world.pretrain_corpus(4000, seed=1)
+    try:
+        world.use("habits")
+        assert [world.teacher_respond(m, random.Random(k)) for k in range(50)] == default_answers
+        habits = teacher_like(world.pretrain_corpus(4000, seed=1))
+        assert world.version() == "habits-v1"
+    finally:
+        world.use("default")
+    assert world.pretrain_corpus(4000, seed=1) == default_corpus     # the default world's student is untouched
+    assert habits < 0.1 < 0.2 < teacher_like(default_corpus)

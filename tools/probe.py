@@ -17,6 +17,10 @@ The run's D, on n fresh samples of its G per test prompt (at the run's temperatu
   corr_length         Pearson correlation of D's score with the response's length, inside prompt groups
   corr_logp           ... with G's log-probability of the response (how often G says it): < 0 means D rewards what
                       G rarely says, a frequency signal, not a quality one
+  d_auc_same_mode     the AUC over (valid, invalid) samples that follow the same teacher template (the invalid
+                      ones break its constraints, e.g. a repeated adjective): a D that knows only the mode gets 0.5
+  by_mode             per teacher mode: the share of G's samples in its template (teacher_share: the teacher's),
+                      the share of those that break its constraints, D's mean score of them
   zero_variance_groups  the share of groups whose n scores are all equal: GRPO learns nothing from them
   identical_text      max |D(x, y) read as a teacher row - D(x, y) read as a sample row|, the rows built by the
                       training code itself (data.Data, data.student_batch): must be 0 (EOS and template parity)
@@ -36,6 +40,7 @@ Verdicts, thresholds fixed before any probe was run:
 """
 import argparse
 import os
+import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
@@ -70,6 +75,31 @@ def same_length_auc(scores, valid, lengths, n):
                     wins += (scores[i] > scores[j]) + 0.5 * (scores[i] == scores[j])
                     pairs += 1
     return wins / pairs if pairs else None
+
+
+def template_mode(topic, text):
+    """The teacher mode whose template a response follows, its constraints (distinct words) aside; else None."""
+    return next((mode for mode, pattern in world._mode_patterns(topic).items() if pattern.match(text)), None)
+
+
+def by_mode(prompts, samples, scores, valid, n, tok):
+    """What D's score tracks inside the teacher's grammar: for each mode, the share of G's samples in its template
+    (valid or not), the share of those that break its constraints, D's mean score of them; and the AUC of valid
+    over invalid among samples of the same template (a D that only knows the mode gets 0.5 there)."""
+    modes = [template_mode(world.topic_of(prompts[i // n]), tok.decode(x, skip_special_tokens=True).strip())
+             for i, x in enumerate(samples)]
+    out = {}
+    wins = pairs = 0.0
+    for mode in world.TEACHER_MODES:
+        idx = [i for i, m in enumerate(modes) if m == mode]
+        good = [scores[i] for i in idx if valid[i]]
+        bad = [scores[i] for i in idx if not valid[i]]
+        out[mode] = {"share": len(idx) / len(samples), "broken": len(bad) / len(idx) if idx else None,
+                     "mean_score": sum(scores[i] for i in idx) / len(idx) if idx else None}
+        if good and bad:
+            wins += auc(good, bad) * len(good) * len(bad)
+            pairs += len(good) * len(bad)
+    return out, (wins / pairs if pairs else None)
 
 
 def within_group_corr(x, y, n):
@@ -132,9 +162,10 @@ def train_fresh_d(G_path, tok, ids, samples, n, teacher, prompts, steps, lr, fre
     opt = torch.optim.AdamW(D.parameters(), lr=lr, weight_decay=0.01)
     answers = [response_ids(tok, teacher.respond(m)[0]) for m in prompts]
     s_batch = pack([p for p in ids for _ in range(n)], samples, tok.pad_token_id)
+    rng = random.Random(seed)  # the embedded teacher is deterministic per (seed, prompt): fresh answers need an RNG
     for _ in range(steps):
         if fresh_teacher:
-            answers = [response_ids(tok, teacher.respond(m)[0]) for m in prompts]
+            answers = [response_ids(tok, world.teacher_respond(m, rng)) for m in prompts]
         if target == "judge":
             loss = balanced_bce(D(s_batch), valid)
         else:
@@ -192,6 +223,11 @@ def probe(run_dir, checkpoint="gad", n=8, fresh_prompts=16, fresh_steps=400, fre
     r["corr_length"] = within_group_corr(scores, lengths, n)
     r["corr_logp"] = within_group_corr(scores, sequence_logp(G, ids, samples, n, tok.pad_token_id, T), n)
     groups = torch.tensor(scores).view(-1, n)
+    r["by_mode"], r["d_auc_same_mode"] = by_mode(prompts, samples, scores, valid, n, tok)
+    teacher = EmbeddedTeacher(seed=seed + 999)
+    t_modes = [world.judge(world.topic_of(m), a)["mode"] for m in prompts for a in teacher.respond(m, n)]
+    for mode in r["by_mode"]:
+        r["by_mode"][mode]["teacher_share"] = t_modes.count(mode) / len(t_modes)
     r["zero_variance_groups"] = ((groups.max(1).values - groups.min(1).values) <= 1e-6).float().mean().item()
     r["identical_text"] = identical_text(D, tok, cfg, prompts, samples[::n])
     r["valid_share"] = sum(valid) / len(valid)
@@ -217,8 +253,14 @@ def probe(run_dir, checkpoint="gad", n=8, fresh_prompts=16, fresh_steps=400, fre
     write_json(out, r)
     for k, v in r.items():
         if k != "_config":
-            log(f"{k:>30}  {v:.3f}" if isinstance(v, float) else f"{k:>30}  {v}")
+            log(f"{k:>30}  {v:.3f}" if isinstance(v, float) else f"{k:>30}  {json_round(v)}")
     return r
+
+
+def json_round(v):
+    if isinstance(v, dict):
+        return {k: json_round(x) for k, x in v.items()}
+    return round(v, 3) if isinstance(v, float) else v
 
 
 def main(argv=None):
@@ -226,6 +268,7 @@ def main(argv=None):
     ap.add_argument("run_dir", help="a finished embedded-world run folder (runs/x)")
     ap.add_argument("--checkpoint", default="gad", choices=("warmup", "gad"), help="whose D (default: gad)")
     ap.add_argument("--samples", type=int, default=8, help="G's samples per test prompt (default: 8)")
+    ap.add_argument("--test-prompts", type=int, default=0, help="the first this many test prompts (0 = all 128)")
     ap.add_argument("--fresh-prompts", type=int, default=16, help="train prompts of the fresh D (default: 16)")
     ap.add_argument("--fresh-steps", type=int, default=400, help="the fresh D's steps; 0 = no fresh D (default: 400)")
     ap.add_argument("--fresh-lr", type=float, default=1e-3, help="the fresh D's learning rate (default: 1e-3)")
@@ -238,13 +281,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     for flag, value, low in (("--samples", a.samples, 2), ("--fresh-prompts", a.fresh_prompts, 1),
-                             ("--fresh-steps", a.fresh_steps, 0)):
+                             ("--test-prompts", a.test_prompts, 0), ("--fresh-steps", a.fresh_steps, 0)):
         if value < low:
             ap.error(f"{flag} must be >= {low}, got {value}")
     if not os.path.isfile(os.path.join(a.run_dir, "config.json")):
         ap.error(f"{a.run_dir}: not a run folder (no config.json)")
     probe(a.run_dir, a.checkpoint, a.samples, a.fresh_prompts, a.fresh_steps, a.fresh_lr, a.fresh_teacher,
-          a.fresh_readout, a.fresh_target, a.seed, out=a.out)
+          a.fresh_readout, a.fresh_target, a.seed, test_prompts=a.test_prompts or None, out=a.out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ CANDIDATES = {  # id -> (what changes, flags); the order of docs/d_sees.md
     "K4": ("--world habits: a starting student whose own styles one epoch of SFT may not remove",
            ["--world", "habits"]),
     "K5": ("a starting student pretrained 3 x longer (its habits entrenched)", ["--pretrain-steps", "2400"]),
+    "K6": ("--world list: one teacher mode, the one whose constraint the student breaks", ["--world", "list"]),
 }
 OUT = os.path.join(ROOT, "runs", "dsees")
 
@@ -72,6 +73,28 @@ def summary(d):
     return s
 
 
+def plot(run_dirs, path, keys=("judge_valid", "judge_d_auc", "d_acc")):
+    """Per-step curves over warmup and GAD (smoothed over 11 steps), the hand-off dotted; needs matplotlib."""
+    import matplotlib  # the optional extra (requirements-plots.txt)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+    for d in run_dirs:
+        recs = read_jsonl(os.path.join(d, "metrics.jsonl"))
+        for ax, k in zip(axes, keys):
+            pts = [(r["step"], r[k]) for r in recs if r.get(k) is not None]
+            xs, ys = zip(*pts)
+            ax.plot(xs, [statistics.mean(ys[max(0, i - 10):i + 1]) for i in range(len(ys))], label=os.path.basename(d))
+            ax.set_title(k + " (mean of 11 steps)", fontsize=9)
+            ax.set_xlabel("step (warmup, then GAD)", fontsize=8)
+    for ax in axes:
+        ax.axvline(88, color="grey", linestyle=":")
+        ax.axhline(0.5, color="grey", linewidth=0.5)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("candidates", nargs="*", help=f"candidate ids: {', '.join(CANDIDATES)}")
@@ -94,6 +117,8 @@ def main():
         print(k, json.dumps({m: round(v, 3) if isinstance(v, float) else v for m, v in r.items()}))
     if a.summary:
         write_json(os.path.join(ROOT, "docs", "d_sees", "regime.json"), rows)
+        plot([run_dir(*k.rsplit("_s", 1)) for k in rows if k.endswith("_s0")],
+             os.path.join(ROOT, "docs", "d_sees", "regime.png"))
 
 
 if __name__ == "__main__":

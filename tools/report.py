@@ -47,7 +47,8 @@ def summarize(run_dirs, keys=("fidelity", "relevance", "length", "distinct_2", "
                 if all(isinstance(x.get(k), (int, float)) and not isinstance(x.get(k), bool) for x in entries)]
     _, md = table({name: [e[name] for e in runs] for name in names}, list(keys))
     lines = [md, "", "Discriminator health per run (from metrics.jsonl): mean d_acc in warmup / GAD, median "
-             "reward_group_std and mean / max k3 KL in GAD"]
+             "reward_group_std and mean / max k3 KL in GAD, mean judge_d_auc (D's scores of each step's samples "
+             "against the judge) in warmup / GAD"]
     for d in run_dirs:
         lines.append(f"- {d}: " + health(d))
     seeing = [(d, e) for d, e in zip(run_dirs, runs) if any("d_auc" in (e.get(m) or {}) for m in ("warmup", "gad"))]
@@ -78,12 +79,15 @@ def health(run_dir):
         values = [r[key] for r in recs if isinstance(r.get(key), (int, float))]
         return f"{how(values):.3f}" if values else "-"  # e.g. no d_acc in warmup with --no-d-warmup
     w = stage_records(run_dir, "warmup")
+    judged = any("judge_d_auc" in r for r in g)  # the embedded world: D's scores of each step's samples, judged
     return (f"d_acc {mean_of(w, 'd_acc')} / {mean_of(g, 'd_acc')}, "
             f"reward_group_std {mean_of(g, 'reward_group_std', statistics.median)}, "
-            f"kl {mean_of(g, 'kl')} / {mean_of(g, 'kl', max)}")
+            f"kl {mean_of(g, 'kl')} / {mean_of(g, 'kl', max)}"
+            + (f", judge_d_auc {mean_of(w, 'judge_d_auc')} / {mean_of(g, 'judge_d_auc')}" if judged else ""))
 
 
-COMPARE_KEYS = ["d_acc", "d_gap", "reward_mean", "reward_group_std", "kl", "entropy", "response_length", "truncated"]
+COMPARE_KEYS = ["d_acc", "judge_d_auc", "d_gap", "reward_mean", "reward_group_std", "kl", "entropy", "response_length",
+                "truncated"]
 
 
 def compare(run_dirs, keys=COMPARE_KEYS, window=22):

@@ -31,6 +31,11 @@ CANDIDATES = {  # id -> (what changes, flags); the order of docs/d_sees.md
            ["--world", "habits"]),
     "K5": ("a starting student pretrained 3 x longer (its habits entrenched)", ["--pretrain-steps", "2400"]),
     "K6": ("--world list: one teacher mode, the one whose constraint the student breaks", ["--world", "list"]),
+    "K7": ("a student SFT cannot fit (hidden 64, 2 layers): its errors stay its own", ["--student-hidden", "64",
+                                                                                     "--student-layers", "2"]),
+    "K8": ("SFT's learning rate in warmup / 10 (5e-5): warmup ends before the student's own styles are gone",
+           ["--lr-warmup", "5e-5"]),
+    "K9": ("--world habits and SFT's learning rate in warmup / 10", ["--world", "habits", "--lr-warmup", "5e-5"]),
 }
 OUT = os.path.join(ROOT, "runs", "dsees")
 
@@ -65,6 +70,8 @@ def summary(d):
          "warmup_fidelity": ev["warmup"]["fidelity"], "gad_fidelity": ev["gad"]["fidelity"],
          "d_acc_warmup_last22": mean(r["d_acc"] for r in warm[-22:]),
          "d_acc_gad_last44": mean(r["d_acc"] for r in gad[-44:]),
+         "step_d_auc_warmup_first22": mean(r.get("judge_d_auc") for r in warm[:22]),
+         "step_valid_warmup_first22": mean(r.get("judge_valid") for r in warm[:22]),
          "step_d_auc_warmup_last22": mean(r.get("judge_d_auc") for r in warm[-22:]),
          "step_d_auc_gad": mean(r.get("judge_d_auc") for r in gad),
          "step_valid_warmup_last22": mean(r.get("judge_valid") for r in warm[-22:])}

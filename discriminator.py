@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
+import lora
 import parallel
 from data import position_ids
 
@@ -27,17 +28,16 @@ class Discriminator(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     @classmethod
-    def from_pretrained(cls, path, **kwargs):
-        """Backbone from a causal-LM checkpoint (its LM head is dropped); a fresh head unless saved."""
-        d = cls(AutoModel.from_pretrained(path, **kwargs))
+    def from_pretrained(cls, path, backbone=None, **kwargs):
+        """Backbone from a causal-LM checkpoint (its LM head dropped), or the one given; a fresh head unless saved."""
+        d = cls(backbone or AutoModel.from_pretrained(path, **kwargs))
         head = os.path.join(path, "discriminator_head.pt")
         if os.path.exists(head):
             d.head.load_state_dict(torch.load(head, weights_only=True))
-        return d.to(dtype=d.backbone.dtype)
+        return d if backbone else d.to(dtype=d.backbone.dtype)
 
     def save_pretrained(self, path, state_dict=None):
-        """The backbone as a save_pretrained folder + discriminator_head.pt. state_dict: D's full weights (when
-        they are sharded over processes)."""
+        """The backbone as a save_pretrained folder + discriminator_head.pt; state_dict: D's full weights if sharded."""
         if state_dict is None:
             self.backbone.save_pretrained(path)
             torch.save(self.head.state_dict(), os.path.join(path, "discriminator_head.pt"))
@@ -58,11 +58,11 @@ class Discriminator(torch.nn.Module):
 
 
 def load_discriminator(path, cfg):
-    """D: a checkpoint's backbone alone (no LM head) + a new scalar head unless one is saved there; fp32, sharded."""
-    D = Discriminator.from_pretrained(path, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    """D: a checkpoint's backbone (no LM head) + a new head unless saved; fp32, sharded (--lora-rank: lora.py)."""
+    D = Discriminator.from_pretrained(path, backbone=lora.from_pretrained(AutoModel, path, cfg, "backbone"))
     if cfg.gradient_checkpointing:
         getattr(D.backbone, "activation_checkpointing_enable", D.backbone.gradient_checkpointing_enable)()
-    return parallel.shard(D, parallel.DEVICE, layers_of=D.backbone)
+    return lora.replicate(D) if cfg.lora_rank else parallel.shard(D, parallel.DEVICE, layers_of=D.backbone)
 
 
 def last_token_index(attention_mask):

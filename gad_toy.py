@@ -109,9 +109,8 @@ if __name__ == "__main__":
     with open(os.path.join(a.out, "gad_toy.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(markdown(result))
-    for k in ("seqkd", "gad"):
-        print(f"{k:>6}: " + " ".join(f"{p:.2f}" for p in result["mean"][k]))
-    print("teacher: " + " ".join(f"{p:.2f}" for p in TEACHER.tolist()))
+    for k, dist in {**result["mean"], "teacher": TEACHER.tolist()}.items():
+        print(f"{k:>7}: " + " ".join(f"{p:.2f}" for p in dist))
     try:
         import matplotlib  # the optional extra (requirements-plots.txt)
         matplotlib.use("Agg")

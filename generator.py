@@ -17,25 +17,25 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, GenerationConfig
 
+import lora
 import parallel
 from data import pack, position_ids
 
 
 # ---------------------------------------------------------------------------- loading
 def load_generator(path, cfg):
-    """G (or the KL reference): a causal LM from a checkpoint folder or hub name, in fp32 master weights (bf16
-    weights would round away 1e-6-sized updates; GPUs compute under bf16 autocast), sharded under torchrun."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    """G (or the KL reference) from a folder or hub name: fp32 master weights (bf16 would round away 1e-6 updates;
+    GPUs compute under bf16 autocast), sharded under torchrun; --lora-rank: an adapter on a shared base (lora.py)."""
+    model = lora.from_pretrained(AutoModelForCausalLM, path, cfg)
     if cfg.gradient_checkpointing:  # transformers 5 renamed it; older: the 2nd name
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-    return parallel.shard(model, parallel.DEVICE)
+    return lora.replicate(model) if cfg.lora_rank else parallel.shard(model, parallel.DEVICE)
 
 
 # ---------------------------------------------------------------------------- sampling
 def sampling_config(temperature, max_new_tokens, n, eos_id, pad_id):
-    """The one generation configuration of sampling: softmax(logits / temperature), nothing else (top_k 0, top_p 1;
-    no repetition penalty, n-gram bans, min length, ...), so what is sampled is exactly the distribution
-    `token_logprobs(..., temperature)` trains on. temperature <= 0: greedy."""
+    """Sampling's one generation configuration: softmax(logits / temperature) only (top_k 0, top_p 1, no penalty, ban
+    or min length), so what is sampled is exactly what `token_logprobs(..., temperature)` trains on; <= 0: greedy."""
     if temperature > 0:
         mode = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=n)
     else:
@@ -208,9 +208,8 @@ def group_advantages(rewards, n, eps=1e-6):
 
 
 def group_std(r):
-    """Within-group std of rewards r [B, n] -> [B, 1]: the population std (divide by n), as Eq. 6 here.
-    verl and TRL divide by n - 1; under Adam that constant factor (1.07 at n = 8) only shifts the
-    balance against the KL term by the same factor."""
+    """Within-group std of rewards r [B, n] -> [B, 1]: the population std (divide by n), as Eq. 6 here. verl and
+    TRL divide by n - 1; under Adam that factor (1.07 at n = 8) only shifts the balance against the KL term."""
     return r.std(-1, keepdim=True, unbiased=False)
 
 

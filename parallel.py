@@ -41,6 +41,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from data import Batch, cut
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # this process's device (under torchrun: its rank's GPU)
+BASE_DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32  # a frozen LoRA base (lora.py); adapters fp32
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # On GPUs the shards stay fp32 (master weights, AdamW) and are gathered as bf16 for compute (half the all-gather
 # bytes, half the whole G held while sampling); gradients are reduced in fp32. GAD_FSDP_BF16=1 forces it on CPU.

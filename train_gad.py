@@ -77,8 +77,7 @@ LABS = {
     "break_eos_symmetry": (False, "lab (exercises/lab1_eos.md): D sees teacher answers without their EOS", None),
     "init_from": ("", "start stage 2 from a warmup folder of an earlier run (runs/x/warmup): skip stage 1", None),
     "eval_every": (0, "embedded world: log judge_fidelity of G every N steps (evaluation only)", ">= 0"),
-    "world": ("default", "embedded world: default | long | habits | list (docs/world.md)",
-              ("default", "long", "habits", "list")),
+    "world": ("default", "the embedded world's variant (docs/world.md)", ("default", "long", "habits", "list")),
     "train_prompts": (0, "train on this many prompts, a fixed subset the same for every seed (0 = all)", ">= 0"),
     "pretrain_steps": (800, "embedded student: pretraining steps on the broad corpus (batch 64)", ">= 1"),
     "pretrain_seed": (0, "embedded student: its pretraining seed (one start for every --seed, as the paper)", None),
@@ -100,6 +99,9 @@ REAL = {
     "gen_batch_size": (64, "sequences sampled at once (chunks keep generation memory flat)", ">= 1"),
     "micro_batch_size": (0, "rows per forward/backward in an update (0 = all); the gradient is exact", ">= 0"),
     "gradient_checkpointing": (False, "trade compute for memory in G and D", None),
+    "lora_rank": (0, "LoRA adapters of this rank for G, the reference and D on one frozen base (0 = full)", ">= 0"),
+    "lora_alpha": (16.0, "LoRA scale alpha: an adapter adds (alpha / rank) B A to each weight", "> 0"),
+    "lora_targets": ("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "the layers adapted, by name", None),
     "trust_remote_code": (False, "allow model code from the checkpoint to run (off unless you ask)", None),
     "max_bad_steps": (3, "stop after this many consecutive steps with a non-finite loss or gradient", ">= 1"),
     "report_to": ("none", "also send every metrics.jsonl record to a tracker", ("none", "tensorboard", "wandb")),
@@ -285,8 +287,8 @@ def reference(cfg):
     return load_generator(os.path.join(cfg.out_dir, "warmup", "generator"), cfg).eval().requires_grad_(False)
 
 
-def adamw(model, lr, cfg):
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+def adamw(model, lr, cfg):  # the trainable weights: all, or with --lora-rank the adapters and D's head
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay)
 
 
 # ---------------------------------------------------------------------------- main

@@ -124,18 +124,19 @@ def test_micro_batched_scores_and_reference_logprobs_are_the_same(players, tok, 
     assert torch.allclose(t0, t1, atol=1e-6) and torch.allclose(s0, s1, atol=1e-6)
 
 
-def test_the_benchmark_runs_and_reports_every_phase(tmp_path):
+@pytest.mark.parametrize("setting", ["tiny", "tiny-lora"])
+def test_the_benchmark_runs_and_reports_every_phase(tmp_path, setting):
     import json
     import os
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.run([sys.executable, "tools/bench.py", "--only", "tiny", "--steps", "2", "--out", str(tmp_path)],
+    p = subprocess.run([sys.executable, "tools/bench.py", "--only", setting, "--steps", "2", "--out", str(tmp_path)],
                        cwd=root,
                        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     (r,) = json.load(open(tmp_path / "bench.json"))
-    assert r["setting"] == "tiny" and r["rows"] == 8 and r["micro_batch_size"] == 3 and r["peak_gb"] > 0
+    assert r["setting"] == setting and r["rows"] == 8 and r["micro_batch_size"] == 3 and r["peak_gb"] > 0
     assert all(r["seconds"][k] > 0 for k in ("sample", "d_score", "d_update", "reference", "g_update"))
     assert r["seconds"]["total"] >= sum(r["seconds"][k] for k in ("sample", "d_score", "reference", "g_update"))
-    assert "| tiny |" in p.stdout
+    assert f"| {setting} |" in p.stdout

@@ -11,7 +11,9 @@ Settings (rows = prompts x n samples; tokens = the response length every sample 
   bigvocab-2x    128 rows x 1,024 tokens / 256 rows x 512: what doubling one of them does to the peak
   smollm         SmolLM2-135M (the offline extra: python tools/smollm.py), 8 x 8 = 64 rows x 256 tokens, micro-batch 8
   smollm-mb4     the same with micro-batch 4
-  tiny           a random Llama with a 1,024-word vocabulary, 4 x 2 rows x 16 tokens: seconds (a smoke test)
+  smollm-ckpt, smollm-lora, smollm-lora-ckpt   the same with --gradient-checkpointing, LoRA r = 16, both
+  tiny           a random Llama with a 1,024-word vocabulary, 4 x 2 rows x 16 tokens: seconds (a smoke test);
+                 tiny-lora: the same with --lora-rank 4
 Phases: sample (HF generate), d_score (D's forward on teacher rows and samples, with D's backward when D
 learns), d_update (D's optimiser step), reference (the KL reference's log-probs), g_update (G's forward,
 backward and step, without the reference). Random models never emit EOS: their samples run to the limit.
@@ -42,7 +44,7 @@ from discriminator import load_discriminator
 from teacher import EmbeddedTeacher
 from data import load_tokenizer
 
-SETTINGS = {  # name: (model, prompts, n, response tokens, micro-batch size)
+SETTINGS = {  # name: (model, prompts, n, response tokens, micro-batch size[, train_gad flags])
     "embedded": ("embedded", 16, 8, 40, 0),
     "bigvocab-512": ("bigvocab", 16, 8, 512, 8),
     "bigvocab-1024": ("bigvocab", 32, 8, 1024, 8),
@@ -50,12 +52,16 @@ SETTINGS = {  # name: (model, prompts, n, response tokens, micro-batch size)
     "bigvocab-2x-tokens": ("bigvocab", 16, 8, 1024, 8),
     "smollm": ("smollm", 8, 8, 256, 8),
     "smollm-mb4": ("smollm", 8, 8, 256, 4),
+    "smollm-ckpt": ("smollm", 8, 8, 256, 8, ["--gradient-checkpointing"]),
+    "smollm-lora": ("smollm", 8, 8, 256, 8, ["--lora-rank", "16"]),
+    "smollm-lora-ckpt": ("smollm", 8, 8, 256, 8, ["--lora-rank", "16", "--gradient-checkpointing"]),
     "tiny": ("tiny", 4, 2, 16, 3),  # seconds: a check that the benchmark runs (the tests use it)
+    "tiny-lora": ("tiny", 4, 2, 16, 3, ["--lora-rank", "4"]),
 }
 PHASES = ["sample", "d_score", "d_update", "reference", "g_update"]
 
 
-def models(kind, out):
+def models(kind, out, flags=()):
     """(G, D, tokenizer-like object, vocab) for a setting."""
     if kind == "embedded":
         # beside the output folder, so it shares the pretrained student of the runs there (runs/.starting_student)
@@ -75,7 +81,7 @@ def models(kind, out):
                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
                                      tie_word_embeddings=True)).save_pretrained(path)
         tok = None
-    cfg = train_gad.parse_args([])
+    cfg = train_gad.parse_args(list(flags))
     G = generator.load_generator(path, cfg)
     D = load_discriminator(path, cfg)
     vocab = G.get_output_embeddings().weight.shape[0]
@@ -130,11 +136,12 @@ def reference_seconds(ref, s_batch, cfg):
 
 
 def bench_one(name, out, steps, untimed=1):
-    kind, prompts, n, tokens, micro = SETTINGS[name]
+    kind, prompts, n, tokens, micro, *flags = SETTINGS[name]
+    flags = flags[0] if flags else []
     parallel.init()
-    G, D, tok, vocab, path = models(kind, out)
+    G, D, tok, vocab, path = models(kind, out, flags)
     cfg = train_gad.parse_args(["--batch-prompts", str(prompts), "--n-samples", str(n), "--max-response-len",
-                                str(tokens), "--micro-batch-size", str(micro)])
+                                str(tokens), "--micro-batch-size", str(micro), *flags])
     ref = generator.load_generator(path, cfg).eval().requires_grad_(False)  # the same weights as G, as in train_gad
     g_opt, d_opt = train_gad.adamw(G, cfg.lr_gad, cfg), train_gad.adamw(D, cfg.lr_d, cfg)
     clock, per_step, lengths = {}, [], []
@@ -158,7 +165,7 @@ def bench_one(name, out, steps, untimed=1):
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
     peak = parallel.largest(peak)  # under torchrun: the largest process's
-    return {"setting": name, "model": kind, "vocab": vocab, "rows": prompts * n, "response_tokens": tokens,
+    return {"setting": name, "model": kind, "flags": flags, "vocab": vocab, "rows": prompts * n, "response_tokens": tokens,
             "micro_batch_size": micro, "steps": steps, "seconds": sec,
             "samples_per_s": prompts * n / sec["total"], "tokens_per_s": statistics.median(lengths) / sec["total"],
             "peak_gb": peak, "device": parallel.DEVICE, "threads": torch.get_num_threads(),

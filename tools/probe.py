@@ -34,8 +34,9 @@ Verdicts, thresholds fixed before any probe was run:
                 inverted  d_auc <= 0.4 (its reward pushes G toward invalid answers)
                 blind     otherwise (includes a D that only reads length)
   the fresh D   sees validity           fresh_heldout_auc >= 0.7
-                separates, not by validity   fresh_heldout_acc >= 0.6
-                memorises               fresh_train_acc >= 0.7 (and neither of the above)
+                separates, not by validity   fresh_heldout_acc >= 0.6 (not with --fresh-target judge)
+                memorises               fresh_train_acc >= 0.7 (--fresh-target judge: fresh_train_auc), and
+                                        neither of the above
                 too weak                otherwise
 """
 import argparse
@@ -186,10 +187,11 @@ def verdicts(r):
     run_d = ("sees" if r["d_auc"] is not None and r["d_auc"] >= 0.7 and same is not None and same >= 0.7 else
              "inverted" if r["d_auc"] is not None and r["d_auc"] <= 0.4 else "blind")
     fresh = None
-    if "fresh_train_acc" in r:
+    if "fresh_train_acc" in r:  # (trained on the judge's labels: its training AUC is what it fits)
+        judge = r["_config"]["fresh_target"] == "judge"
         fresh = ("sees validity" if (r["fresh_heldout_auc"] or 0) >= 0.7 else
-                 "separates, not by validity" if r["fresh_heldout_acc"] >= 0.6 else
-                 "memorises" if r["fresh_train_acc"] >= 0.7 else "too weak")
+                 "separates, not by validity" if r["fresh_heldout_acc"] >= 0.6 and not judge else
+                 "memorises" if (r["fresh_train_auc"] if judge else r["fresh_train_acc"]) >= 0.7 else "too weak")
     return run_d, fresh
 
 
@@ -245,11 +247,11 @@ def probe(run_dir, checkpoint="gad", n=8, fresh_prompts=16, fresh_steps=400, fre
         r["fresh_heldout_acc"] = sum(t[i // n] > s for i, s in enumerate(f)) / len(f)
         r["fresh_heldout_auc"] = auc([s for s, v in zip(f, valid) if v], [s for s, v in zip(f, valid) if not v])
         r["fresh_heldout_auc_same_length"] = same_length_auc(f, valid, lengths, n)
-    r["verdict"], r["fresh_verdict"] = verdicts(r)
     r["_config"] = {"checkpoint": checkpoint, "samples_per_prompt": n, "test_prompts": len(prompts),
                     "temperature": T, "fresh_prompts": fresh_prompts, "fresh_steps": fresh_steps, "fresh_lr": fresh_lr,
                     "fresh_teacher": fresh_teacher, "fresh_readout": fresh_readout, "fresh_target": fresh_target,
                     "seed": seed}
+    r["verdict"], r["fresh_verdict"] = verdicts(r)
     write_json(out, r)
     for k, v in r.items():
         if k != "_config":

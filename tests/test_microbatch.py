@@ -140,3 +140,19 @@ def test_the_benchmark_runs_and_reports_every_phase(tmp_path, setting):
     assert all(r["seconds"][k] > 0 for k in ("sample", "d_score", "d_update", "reference", "g_update"))
     assert r["seconds"]["total"] >= sum(r["seconds"][k] for k in ("sample", "d_score", "reference", "g_update"))
     assert f"| {setting} |" in p.stdout
+
+
+def test_the_prepared_gpu_check_runs_in_its_tiny_cpu_mode(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "tools/gpu_check.py", "--tiny", "--out", str(tmp_path)], cwd=root,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    rows = json.load(open(tmp_path / "gpu_check.json"))["rows"]
+    assert [r["setting"] for r in rows] == ["gpu-tiny", "gpu-tiny-lora"] and [r["lora"] for r in rows] == [False, True]
+    for r in rows:
+        assert r["update_mfu"] > 0 and r["rollout_tokens_per_s"] > 0 and r["peak_gb"] > 0
+        assert r["parameters"] == rows[0]["parameters"]           # the same student, adapters not counted

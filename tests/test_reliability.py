@@ -185,7 +185,7 @@ def test_collection_killed_half_way_resumes_from_the_cache(tiny_dir, tmp_path):
     (["--kl-coef", "-1"], "--kl-coef must be >= 0"), (["--weight-decay", "-0.01"], "--weight-decay must be >= 0"),
     (["--frozen-d", "no/such/folder"], "--frozen-d: no/such/folder is not a model folder"),
     (["--batch-prompts", "3000000"], "--batch-prompts 3000000 is larger than the embedded world's 1408"),
-    (["--world", "nope"], "--world must be one of default, long, got 'nope'"),
+    (["--world", "nope"], "--world must be one of default, long, habits, list, got 'nope'"),
     (["--student-hidden", "30"], "--student-hidden must be a multiple of 4"),
     (["--train-prompts", "8"], "--train-prompts 8 is smaller than --batch-prompts 16"),
     (["--d-steps", "0"], "--d-steps must be >= 1, got 0"),

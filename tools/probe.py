@@ -126,7 +126,9 @@ def sequence_logp(G, ids, samples, n, pad_id, temperature, per=32):
 def identical_text(D, tok, cfg, prompts, samples):
     """The same text as a teacher answer and as a G sample must score the same, built by the training code."""
     texts = [tok.decode(s, skip_special_tokens=True).strip() for s in samples]
-    keep = [i for i, t in enumerate(texts) if t]
+    keep = [i for i, t in enumerate(texts) if t and len(response_ids(tok, t)) <= cfg.max_response_len]  # Data's rule
+    if not keep:
+        return None
     cfg = argparse.Namespace(**{**vars(cfg), "batch_prompts": len(keep)})
     data = Data(tok, [prompts[i] for i in keep], [texts[i] for i in keep], cfg, lambda *a: None)
     batch = data.next()
@@ -151,7 +153,8 @@ class MeanPoolD(Discriminator):
 def balanced_bce(scores, valid):
     """--fresh-target judge: the judge's labels directly, each class weighted 1/2 (an upper bound, not GAD)."""
     v = torch.tensor(valid)
-    return 0.5 * (-F.logsigmoid(scores[v]).mean() - F.logsigmoid(-scores[~v]).mean())
+    terms = [-F.logsigmoid(side).mean() for side in (scores[v], -scores[~v]) if len(side)]   # a class may be absent
+    return sum(terms) / len(terms)
 
 
 def train_fresh_d(G_path, tok, ids, samples, n, teacher, prompts, steps, lr, fresh_teacher, seed, readout="last",
@@ -191,7 +194,8 @@ def verdicts(r):
         judge = r["_config"]["fresh_target"] == "judge"
         fresh = ("sees validity" if (r["fresh_heldout_auc"] or 0) >= 0.7 else
                  "separates, not by validity" if r["fresh_heldout_acc"] >= 0.6 and not judge else
-                 "memorises" if (r["fresh_train_auc"] if judge else r["fresh_train_acc"]) >= 0.7 else "too weak")
+                 "memorises" if ((r["fresh_train_auc"] if judge else r["fresh_train_acc"]) or 0) >= 0.7 else
+                 "too weak")
     return run_d, fresh
 
 

@@ -208,8 +208,7 @@ def ranking_metrics(scores, valid, n, prefix):
 
 
 def judge_step(prompts, samples, scores, n, tok):
-    """Per training step (embedded world, evaluation only): the judge on this step's samples, and D's scores of them
-    (GAD's rewards as used: before D's update) checked against it. judge_valid = the share of valid samples."""
+    """Per training step (evaluation only): the share of valid samples; D's scores of them (the rewards), judged."""
     valid = judged_valid(prompts, samples, n, tok)
     return {"judge_valid": share(valid)} | ranking_metrics(scores.tolist(), valid, n, "judge_d_")
 

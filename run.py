@@ -250,8 +250,7 @@ class Run:
                     disable=None if parallel.is_main() else True)
 
     def evaluate_if_due(self, step, metrics, G, tok, judged=None):
-        """Evaluation only, never trained on. The embedded world: the judge on this step's samples and D's scores of
-        them, judged = (prompts, samples, scores) (under torchrun, rank 0's share); --eval-every N: G's fidelity."""
+        """Evaluation only: the judge on (prompts, samples, D's scores) of a step (rank 0's); --eval-every: fidelity."""
         if judged and judged[1] is not None and self.cfg.teacher == "embedded" and parallel.is_main():
             metrics |= judge_step(*judged, self.cfg.n_samples, tok)
         if self.cfg.eval_every and step % self.cfg.eval_every == 0:
@@ -385,10 +384,9 @@ def student_folder(cfg, log):
 def judge_fidelity(G, tok, cfg):
     """Privileged-judge fidelity of G on the test prompts, 1 sample each; the RNG is left untouched."""
     state = torch.get_rng_state()
-    prompts = world.prompts("test")
-    fidelity = sample_and_judge(G, tok, prompts, 1, cfg.eval_temperature, cfg.max_response_len)[0]["fidelity"]
+    m = sample_and_judge(G, tok, world.prompts("test"), 1, cfg.eval_temperature, cfg.max_response_len)[0]
     torch.set_rng_state(state)
-    return fidelity
+    return m["fidelity"]
 
 
 def evaluate(cfg, log):

@@ -203,9 +203,12 @@ if __name__ == "__main__":
     ap.add_argument("--teacher", default="embedded", help="embedded, or hf:PATH (a local HF model folder)")
     ap.add_argument("--system-prompt", default=None, help="hf teacher: a hidden system prompt")
     ap.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1")
+    ap.add_argument("--max-tokens", type=int, default=1024, help="hf teacher: answer limit in new tokens")
+    ap.add_argument("--temperature", type=float, default=1.0, help="hf teacher: sampling temperature")
     ap.add_argument("--fail-rate", type=float, default=0.0, help="fraction of requests answered 429/500 (testing)")
     a = ap.parse_args()
-    teacher = T.make_teacher(a.teacher, system_prompt=a.system_prompt)
+    teacher = T.make_teacher(a.teacher, system_prompt=a.system_prompt, temperature=a.temperature,
+                             max_tokens=a.max_tokens)
     lock = threading.Lock()
 
     def respond(messages, n):

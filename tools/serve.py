@@ -198,6 +198,9 @@ def _multipart_file(raw, content_type):
 
 
 if __name__ == "__main__":
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
     import teacher as T
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="embedded", help="embedded, or hf:PATH (a local HF model folder)")

@@ -56,6 +56,8 @@ def test_the_reference_command_runs_end_to_end_in_its_tiny_configuration(tmp_pat
     assert set(summary["results"]) == {"before", "warmup", "seqkd", "gad", "teacher"}
     for m in summary["results"].values():
         assert 0 <= m["rule"] <= 1 and m["teacher_likeness"] < 0 and m["coverage_nll"] > 0
+    for name in ("warmup", "gad"):
+        assert 0 <= summary["d_sees"][name]["rule"] <= 1 and summary["d_sees"][name]["samples"] == 8 * 4
     metrics = [json.loads(line) for line in open(out / "run" / "metrics.jsonl")]
     assert {r["stage"] for r in metrics} >= {"warmup", "gad", "seqkd"}
     assert os.path.exists(out / ".." / ".teacher_cache" / "smollm2-hidden-system-prompt.jsonl")

@@ -27,8 +27,9 @@ sys.path.insert(0, ROOT)
 import reference_prompts  # noqa: E402
 import world  # noqa: E402
 from checkpoint import read_json, read_jsonl, write_json  # noqa: E402
-from data import pack, prompt_ids  # noqa: E402
-from eval import MODELS, checkpoint_folder  # noqa: E402
+from data import pack, prompt_ids, response_ids  # noqa: E402
+from discriminator import Discriminator  # noqa: E402
+from eval import MODELS, auc, checkpoint_folder  # noqa: E402
 from generator import finished, sample, token_logprobs  # noqa: E402
 from teacher import with_system_prompt  # noqa: E402
 
@@ -115,8 +116,8 @@ def write_prompts(path, rows):
 def serve(cid, port, log):
     """Start tools/serve.py (the teacher behind an OpenAI-compatible endpoint) and wait until it answers."""
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "serve.py"), "--teacher", f"hf:{MODEL}",
-                             "--system-prompt", CANDIDATES[cid][0], "--port", str(port), "--max-tokens", str(MAX_TOKENS),
-                             "--temperature", str(TEACHER_TEMPERATURE.get(cid, 1.0))],
+                             "--system-prompt", CANDIDATES[cid][0], "--port", str(port),
+                             "--max-tokens", str(MAX_TOKENS), "--temperature", str(TEACHER_TEMPERATURE.get(cid, 1.0))],
                             stdout=log, stderr=subprocess.STDOUT)
     for _ in range(600):
         if proc.poll() is not None:
@@ -174,6 +175,39 @@ def flag(flags, name):
     return flags[len(flags) - 1 - flags[::-1].index(name) + 1]
 
 
+def d_sees(run_dir, chosen, test, n=4):
+    """Does the run's D see the rule? For the warmup and GAD checkpoints: n samples of G per test prompt (T = 0.8),
+    scored by that checkpoint's D; AUC of D's score, rule-following over not (0.5 = blind), and D's pair accuracy
+    (a held-out teacher answer that ended, scored above the sample), by whether the sample follows the rule."""
+    system_prompt, rule = CANDIDATES[chosen]
+    tok, teacher = load(MODEL)
+    ref_texts, ref_fins = answers(teacher, tok, test, system_prompt, TEACHER_TEMPERATURE.get(chosen, 1.0), seed=1)
+    out = {}
+    for name in ("warmup", "gad"):
+        G = load(checkpoint_folder(run_dir, name))[1]
+        D = Discriminator.from_pretrained(os.path.join(run_dir, name, "discriminator")).eval()
+        torch.manual_seed(3)
+        ids = [prompt_ids(tok, messages(r)) for r in test]
+        samples = sample(G, tok, ids, n, 0.8, MAX_TOKENS, gen_batch_size=25)
+        follows = [rule(tok.decode(r, skip_special_tokens=True).strip(), finished(r, tok.eos_token_id))
+                   for r in samples]
+        keep = [i for i, f in enumerate(ref_fins) if f]
+        with torch.no_grad():
+            scores = torch.cat([D(pack([p for p in ids[i:i + 8] for _ in range(n)], samples[i * n:(i + 8) * n],
+                                       tok.pad_token_id)) for i in range(0, len(ids), 8)]).tolist()
+            refs = D(pack([ids[i] for i in keep], [response_ids(tok, ref_texts[i]) for i in keep],
+                          tok.pad_token_id)).tolist()
+        by_prompt = dict(zip(keep, refs))
+        beaten = [(by_prompt[i // n] > s, f) for i, (s, f) in enumerate(zip(scores, follows)) if i // n in by_prompt]
+        out[name] = {"d_auc_rule": auc([s for s, f in zip(scores, follows) if f],
+                                       [s for s, f in zip(scores, follows) if not f]),
+                     "rule": share(follows), "samples": len(samples),
+                     "d_acc_follows": share([b for b, f in beaten if f]) if any(f for _, f in beaten) else None,
+                     "d_acc_breaks": share([b for b, f in beaten if not f]) if any(not f for _, f in beaten) else None}
+        print(name, out[name], flush=True)
+    return out
+
+
 def run(seed=0, tiny=False, out_dir=None, port=PORT):
     """Collect the teacher's answers through the server, train GAD and SeqKD, evaluate, plot."""
     choice = read_json(os.path.join(DOCS, "choice.json"))
@@ -186,27 +220,31 @@ def run(seed=0, tiny=False, out_dir=None, port=PORT):
     test = reference_prompts.read("test")[:8 if tiny else None]
     write_prompts(os.path.join(out_dir, "train.jsonl"), train)
     start = time.time()
+    done = all(checkpoint_folder(os.path.join(out_dir, "run"), m) for m in ("gad", "seqkd"))  # trained: reuse it
     with open(os.path.join(out_dir, "serve.log"), "w") as log:
-        server = serve(chosen, port, log)
+        server = None if done else serve(chosen, port, log)
         try:
+            cache = os.path.join(os.path.dirname(out_dir), ".teacher_cache", "smollm2-hidden-system-prompt.jsonl")
             cmd = [sys.executable, os.path.join(ROOT, "train_gad.py"), "--student", MODEL, "--teacher",
                    "openai:smollm2-hidden-system-prompt", "--teacher-base-url", f"http://127.0.0.1:{port}/v1",
-                   "--prompts", os.path.join(out_dir, "train.jsonl"), "--teacher-cache",
-                   os.path.join(os.path.dirname(out_dir), ".teacher_cache", "smollm2-hidden-system-prompt.jsonl"), "--out-dir", os.path.join(out_dir, "run"),
+                   "--prompts", os.path.join(out_dir, "train.jsonl"), "--teacher-cache", cache,
+                   "--out-dir", os.path.join(out_dir, "run"),
                    "--seed", str(seed), "--resume"] + flags
             with open(os.path.join(out_dir, "train.log"), "a") as train_log:
-                subprocess.run(cmd, check=True, stdout=train_log, stderr=subprocess.STDOUT, cwd=ROOT,
+                done or subprocess.run(cmd, check=True, stdout=train_log, stderr=subprocess.STDOUT, cwd=ROOT,
                                env={**os.environ, "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "local")})
         finally:
-            server.terminate()
-            server.wait()
+            if server:
+                server.terminate()
+                server.wait()
     trained = time.time() - start
     results = evaluate(os.path.join(out_dir, "run"), chosen, test)
+    informativeness = d_sees(os.path.join(out_dir, "run"), chosen, test)
     name = f"seed{seed}" + ("_tiny" if tiny else "")
     summary = {"command": f"python tools/reference_run.py run --seed {seed}" + (" --tiny" if tiny else ""),
                "chosen": chosen, "system_prompt": CANDIDATES[chosen][0], "flags": flags, "train_prompts": len(train),
                "test_prompts": len(test), "train_seconds": round(trained), "seconds": round(time.time() - start),
-               "results": results}
+               "results": results, "d_sees": informativeness}
     docs = out_dir if tiny else DOCS
     write_json(os.path.join(docs, f"{name}.json"), summary)
     if not tiny:
@@ -244,7 +282,7 @@ def plot(metrics, png):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["choose", "run", "plot"])
+    ap.add_argument("what", choices=["choose", "run", "dsees", "plot"])
     ap.add_argument("ids", nargs="*", help="choose: the candidates to measure (default: those not yet measured)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="2 G steps of each kind, 8 test prompts (a smoke test)")
@@ -258,6 +296,12 @@ if __name__ == "__main__":
         choose(a.ids)
     elif a.what == "run":
         run(a.seed, a.tiny, a.out_dir, a.port)
+    elif a.what == "dsees":  # a finished run's D against the rule, added to its summary
+        out_dir = a.out_dir or os.path.join(ROOT, "runs", "reference", f"seed{a.seed}")
+        summary_path = os.path.join(DOCS, f"seed{a.seed}.json")
+        summary = read_json(summary_path)
+        summary["d_sees"] = d_sees(os.path.join(out_dir, "run"), summary["chosen"], reference_prompts.read("test"))
+        write_json(summary_path, summary)
     else:
         plot(os.path.join(ROOT, "runs", "reference", f"seed{a.seed}", "run", "metrics.jsonl"),
              os.path.join(DOCS, f"seed{a.seed}.png"))

@@ -19,7 +19,6 @@ import sys
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -29,7 +28,8 @@ import world  # noqa: E402
 from checkpoint import read_json, read_jsonl, write_json  # noqa: E402
 from data import pack, prompt_ids, response_ids  # noqa: E402
 from discriminator import Discriminator  # noqa: E402
-from eval import MODELS, auc, checkpoint_folder  # noqa: E402
+from eval import MODELS, auc, checkpoint_folder, share  # noqa: E402
+from eval import load as eval_load  # noqa: E402
 from generator import finished, sample, token_logprobs  # noqa: E402
 from teacher import with_system_prompt  # noqa: E402
 
@@ -60,9 +60,9 @@ TINY = ["--warmup-steps", "2", "--d-only-steps", "1", "--gad-steps", "2", "--seq
 
 
 def load(path):
-    tok = AutoTokenizer.from_pretrained(path)
+    tok, model = eval_load(path)
     tok.pad_token = tok.pad_token or tok.eos_token
-    return tok, AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    return tok, model.eval()
 
 
 def answers(model, tok, rows, system_prompt=None, temperature=1.0, seed=0):
@@ -88,8 +88,8 @@ def choose(ids=(), out=DOCS):
     for cid in ids or [c for c in CANDIDATES if c not in table]:
         system_prompt, rule = CANDIDATES[cid]
         texts, fin = answers(model, tok, val, system_prompt, TEACHER_TEMPERATURE.get(cid, 1.0))
-        table[cid] = {"system_prompt": system_prompt, "teacher_rule": share(map(rule, texts, fin)),
-                      "student_rule": share(map(rule, student, student_fin)), "teacher_finished": share(fin),
+        table[cid] = {"system_prompt": system_prompt, "teacher_rule": share(list(map(rule, texts, fin))),
+                      "student_rule": share(list(map(rule, student, student_fin))), "teacher_finished": share(fin),
                       "teacher_example": texts[0], "student_example": student[0]}
         table[cid]["gap"] = table[cid]["teacher_rule"] - table[cid]["student_rule"]
         print(cid, {k: v for k, v in table[cid].items() if "example" not in k})
@@ -101,11 +101,6 @@ def choose(ids=(), out=DOCS):
                       "command": "python tools/reference_run.py choose"})
     print("chosen:", chosen)
     return chosen
-
-
-def share(flags):
-    flags = list(flags)
-    return sum(map(bool, flags)) / len(flags)
 
 
 def write_prompts(path, rows):
@@ -150,7 +145,7 @@ def evaluate(run_dir, chosen, test):
     system_prompt, rule = CANDIDATES[chosen]
     tok, teacher = load(MODEL)
     t_teacher = TEACHER_TEMPERATURE.get(chosen, 1.0)
-    ref_texts, ref_fins = answers(teacher, tok, test, system_prompt, t_teacher, seed=1)  # held-out teacher answers
+    ref_texts, ref_fins = teacher_answers(teacher, tok, chosen, test)
     results = {}
     for name in MODELS + ["teacher"]:
         path = MODEL if name == "teacher" else checkpoint_folder(run_dir, name)
@@ -159,7 +154,7 @@ def evaluate(run_dir, chosen, test):
         model = teacher if name == "teacher" else load(path)[1]
         texts, fins = answers(model, tok, test, system_prompt if name == "teacher" else None,
                               t_teacher if name == "teacher" else 0.8, seed=2)
-        results[name] = {"rule": share(map(rule, texts, fins)),
+        results[name] = {"rule": share(list(map(rule, texts, fins))),
                          "teacher_likeness": mean_logprob(teacher, tok, test, texts, fins, system_prompt),
                          "coverage_nll": -mean_logprob(model, tok, test, ref_texts, ref_fins,
                                                        system_prompt if name == "teacher" else None),
@@ -167,7 +162,7 @@ def evaluate(run_dir, chosen, test):
                          "distinct_2": world.distinct_n(texts, 2), "finished": share(fins),
                          "example": f"{test[0]['prompt']} -> {texts[0]}"}
         print(name, {k: round(v, 3) for k, v in results[name].items() if k != "example"}, flush=True)
-    return results
+    return results, (ref_texts, ref_fins)
 
 
 def flag(flags, name):
@@ -175,13 +170,18 @@ def flag(flags, name):
     return flags[len(flags) - 1 - flags[::-1].index(name) + 1]
 
 
-def d_sees(run_dir, chosen, test, n=4):
+def teacher_answers(teacher, tok, chosen, test):
+    """The held-out teacher answers of the test prompts (coverage's references; D's pairs): (texts, finished)."""
+    return answers(teacher, tok, test, CANDIDATES[chosen][0], TEACHER_TEMPERATURE.get(chosen, 1.0), seed=1)
+
+
+def d_sees(run_dir, chosen, test, n=4, refs=None):
     """Does the run's D see the rule? For the warmup and GAD checkpoints: n samples of G per test prompt (T = 0.8),
     scored by that checkpoint's D; AUC of D's score, rule-following over not (0.5 = blind), and D's pair accuracy
     (a held-out teacher answer that ended, scored above the sample), by whether the sample follows the rule."""
-    system_prompt, rule = CANDIDATES[chosen]
+    rule = CANDIDATES[chosen][1]
     tok, teacher = load(MODEL)
-    ref_texts, ref_fins = answers(teacher, tok, test, system_prompt, TEACHER_TEMPERATURE.get(chosen, 1.0), seed=1)
+    ref_texts, ref_fins = refs or teacher_answers(teacher, tok, chosen, test)
     out = {}
     for name in ("warmup", "gad"):
         G = load(checkpoint_folder(run_dir, name))[1]
@@ -202,8 +202,8 @@ def d_sees(run_dir, chosen, test, n=4):
         out[name] = {"d_auc_rule": auc([s for s, f in zip(scores, follows) if f],
                                        [s for s, f in zip(scores, follows) if not f]),
                      "rule": share(follows), "samples": len(samples),
-                     "d_acc_follows": share([b for b, f in beaten if f]) if any(f for _, f in beaten) else None,
-                     "d_acc_breaks": share([b for b, f in beaten if not f]) if any(not f for _, f in beaten) else None}
+                     "d_acc_follows": share([b for b, f in beaten if f]),
+                     "d_acc_breaks": share([b for b, f in beaten if not f])}
         print(name, out[name], flush=True)
     return out
 
@@ -238,8 +238,8 @@ def run(seed=0, tiny=False, out_dir=None, port=PORT):
                 server.terminate()
                 server.wait()
     trained = time.time() - start
-    results = evaluate(os.path.join(out_dir, "run"), chosen, test)
-    informativeness = d_sees(os.path.join(out_dir, "run"), chosen, test)
+    results, refs = evaluate(os.path.join(out_dir, "run"), chosen, test)
+    informativeness = d_sees(os.path.join(out_dir, "run"), chosen, test, refs=refs)
     name = f"seed{seed}" + ("_tiny" if tiny else "")
     summary = {"command": f"python tools/reference_run.py run --seed {seed}" + (" --tiny" if tiny else ""),
                "chosen": chosen, "system_prompt": CANDIDATES[chosen][0], "flags": flags, "train_prompts": len(train),

@@ -30,6 +30,13 @@ import torch
 import parallel
 
 
+def save_players(G, D, tok, name, cfg):
+    """runs/<name>/<warmup|gad|seqkd>/generator (and discriminator/): plain save_pretrained folders."""
+    save_model(G, os.path.join(cfg.out_dir, name, "generator"), tok)
+    if D is not None:
+        save_model(D, os.path.join(cfg.out_dir, name, "discriminator"), tok)
+
+
 def save_model(model, path, tok=None):
     """save_pretrained into a temp folder, then rename: a crash never leaves a half-written checkpoint."""
     weights = parallel.full_weights(model)
@@ -236,12 +243,14 @@ def _as_rng_state(s):
 
 # ---------------------------------------------------------------------------- metrics.jsonl on resume
 def reset_metrics(out_dir, stages, from_step=0):
-    """Drop the records of `stages` from step `from_step` on: this invocation writes them again."""
-    path = os.path.join(out_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    keep = [json.dumps(r) + "\n" for r in read_jsonl(path) if r.get("stage") not in stages or r["step"] < from_step]
-    write_atomic(path, "".join(keep))  # a torn last line is dropped here too
+    """Drop the records of `stages` from step `from_step` on in metrics.jsonl and samples.jsonl: this invocation
+    writes them again."""
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            keep = [json.dumps(r) + "\n" for r in read_jsonl(path)
+                    if r.get("stage") not in stages or r["step"] < from_step]
+            write_atomic(path, "".join(keep))  # a torn last line is dropped here too
 
 
 def lock_folder(out_dir):

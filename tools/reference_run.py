@@ -50,11 +50,12 @@ CANDIDATES = {  # id: (the hidden system prompt, the rule: text, finished -> fol
     "S6": ("Answer in one short sentence.", lambda t, f: f and len(t.split()) <= 25),
 }
 TEACHER_TEMPERATURE = {"S6": 0.7}  # the teacher's (the server's) sampling temperature where not 1.0
-# the run's settings, fixed before it ran (docs/reference_run.md); --tiny: 2 G steps of each kind
+# the run's settings, fixed before it ran (docs/reference_run.md); --tiny: 2 G steps of each kind. --sample-every 1
+# (every step's samples in samples.jsonl, for the rule-share curve) came after seed 0, which had 10: logging only
 RUN = ["--batch-prompts", "4", "--n-samples", "4", "--max-response-len", str(MAX_TOKENS),
        "--teacher-max-tokens", str(MAX_TOKENS), "--warmup-steps", "20", "--d-only-steps", "4", "--gad-steps", "30",
        "--seqkd-steps", "50", "--lr-warmup", "2e-5", "--lr-seqkd", "2e-5", "--lr-gad", "2e-6", "--lr-d", "1e-5",
-       "--kl-coef", "0.001", "--grad-clip", "0.2", "--temperature", "0.8", "--log-every", "5", "--sample-every", "10",
+       "--kl-coef", "0.001", "--grad-clip", "0.2", "--temperature", "0.8", "--log-every", "5", "--sample-every", "1",
        "--save-every", "0"]
 TINY = ["--warmup-steps", "2", "--d-only-steps", "1", "--gad-steps", "2", "--seqkd-steps", "4"]
 
@@ -248,16 +249,33 @@ def run(seed=0, tiny=False, out_dir=None, port=PORT):
     docs = out_dir if tiny else DOCS
     write_json(os.path.join(docs, f"{name}.json"), summary)
     if not tiny:
-        shutil.copy(os.path.join(out_dir, "run", "metrics.jsonl"), os.path.join(DOCS, f"{name}_metrics.jsonl"))
-    plot(os.path.join(out_dir, "run", "metrics.jsonl"), os.path.join(docs, f"{name}.png"))
+        for f in ("metrics", "samples"):
+            shutil.copy(os.path.join(out_dir, "run", f"{f}.jsonl"), os.path.join(DOCS, f"{name}_{f}.jsonl"))
+    plot(os.path.join(out_dir, "run", "metrics.jsonl"), os.path.join(docs, f"{name}.png"), chosen)
     return summary
 
 
-CURVES = ["d_acc", "d_gap", "reward_mean", "reward_std", "kl", "entropy", "response_length", "truncated"]
+CURVES = ["d_acc", "d_gap", "reward_mean", "reward_std", "kl", "entropy", "response_length", "truncated", "rule",
+          "d_auc_rule"]
 
 
-def plot(metrics, png):
-    """The curves of one run's metrics.jsonl (warmup and GAD), one panel per metric; needs matplotlib."""
+def rule_curve(samples, chosen):
+    """From a run's samples.jsonl: per step, the share of G's samples that follow the rule, and the AUC of D's
+    scores (in GAD the rewards as used), rule-following over not -- evaluation only."""
+    rule = CANDIDATES[chosen][1]
+    out = {}
+    for r in read_jsonl(samples) if os.path.exists(samples) else []:
+        follows = [rule(t.strip(), e) for t, e in zip(r["samples"], r["ended"])]
+        out[(r["stage"], r["step"])] = {"rule": share(follows)}
+        if r["scores"] and len(r["scores"]) == len(follows) and 0 < sum(follows) < len(follows):
+            out[(r["stage"], r["step"])]["d_auc_rule"] = auc([s for s, f in zip(r["scores"], follows) if f],
+                                                             [s for s, f in zip(r["scores"], follows) if not f])
+    return out
+
+
+def plot(metrics, png, chosen=None):
+    """The curves of one run's metrics.jsonl (warmup and GAD), one panel per metric, with the rule share and D's
+    AUC for it per step where the run saved its samples (samples.jsonl beside metrics.jsonl); needs matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -265,14 +283,17 @@ def plot(metrics, png):
     except ImportError:
         print("no matplotlib (pip install -r requirements-plots.txt): no figure")
         return
-    records = [r for r in read_jsonl(metrics) if r.get("stage") in ("warmup", "gad")]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 6))
+    chosen = chosen or read_json(os.path.join(DOCS, "choice.json"))["chosen"]
+    per_step = rule_curve(os.path.join(os.path.dirname(metrics), "samples.jsonl"), chosen)
+    records = [r | per_step.get((r["stage"], r["step"]), {}) for r in read_jsonl(metrics)
+               if r.get("stage") in ("warmup", "gad")]
+    fig, axes = plt.subplots(2, 5, figsize=(20, 6))
     for ax, key in zip(axes.flat, CURVES):
         for stage, color in (("warmup", "tab:blue"), ("gad", "tab:red")):
-            pts = [(r["step"], r[key]) for r in records if r["stage"] == stage and key in r]
+            pts = [(r["step"], r[key]) for r in records if r["stage"] == stage and r.get(key) is not None]
             if pts:
                 ax.plot(*zip(*pts), color=color, label=stage)
-        ax.set_title(key)
+        ax.set_title(key + (" (samples.jsonl)" if key in ("rule", "d_auc_rule") else ""))
         ax.set_xlabel("G step")
     axes.flat[0].legend()
     fig.tight_layout()

@@ -71,20 +71,27 @@ def last_token_index(attention_mask):
     return (attention_mask * (pos + 1)).argmax(-1)                                       # [B]
 
 
-def bt_loss(teacher_scores, student_scores, n, prompts=None):
+def bt_loss(teacher_scores, student_scores, n, prompts=None, smoothing=0.0):
     """Bradley-Terry loss (paper Eq. 3) and D's health metrics.
 
     teacher_scores [B], student_scores [B*n] grouped by prompt. prompts: the step's number of prompts when these
-    are one micro-batch of its prompt groups (the micro-batches' losses then sum to the mean over all pairs)."""
+    are one micro-batch of its prompt groups (the micro-batches' losses then sum to the mean over all pairs).
+    smoothing eps (--d-label-smoothing, not the paper's): the target P(teacher ranks above) is 1 - eps, so each
+    pair adds -(1 - eps) log s(gap) - eps log s(-gap), minimal at gap = log((1 - eps) / eps): D stops short of
+    saturating (one-sided label smoothing, Salimans et al. 2016; cDPO, Mitchell 2023)."""
     gap = teacher_scores.repeat_interleave(n) - student_scores                           # [B*n]
-    loss = -F.logsigmoid(gap).sum() / (n * (prompts or len(teacher_scores)))
+    pair = (1 - smoothing) * F.logsigmoid(gap) + (smoothing * F.logsigmoid(-gap) if smoothing else 0)
+    loss = -pair.sum() / (n * (prompts or len(teacher_scores)))
     return loss, pair_metrics(loss.item(), teacher_scores, student_scores, n)
 
 
-def bce_loss(teacher_scores, student_scores, n, prompts=None):
-    """The binary-cross-entropy alternative (paper Table 4): -log s(D(y_t)) - log(1 - s(D(y_s)))."""
+def bce_loss(teacher_scores, student_scores, n, prompts=None, smoothing=0.0):
+    """The binary-cross-entropy alternative (paper Table 4): -log s(D(y_t)) - log(1 - s(D(y_s))); smoothing eps:
+    the targets are 1 - eps and eps."""
     prompts = prompts or len(teacher_scores)
-    loss = -F.logsigmoid(teacher_scores).sum() / prompts - F.logsigmoid(-student_scores).sum() / (n * prompts)
+    t, s = teacher_scores, student_scores
+    loss = -((1 - smoothing) * F.logsigmoid(t) + smoothing * F.logsigmoid(-t)).sum() / prompts \
+        - ((1 - smoothing) * F.logsigmoid(-s) + smoothing * F.logsigmoid(s)).sum() / (n * prompts)
     return loss, pair_metrics(loss.item(), teacher_scores, student_scores, n)
 
 

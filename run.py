@@ -140,6 +140,10 @@ def check(cfg, config, error):
         error("give --prompts (to send to a teacher) or --teacher-data (already answered), not both")
     if cfg.frozen_d and not os.path.exists(os.path.join(cfg.frozen_d, "config.json")):
         error(f"--frozen-d: {cfg.frozen_d} is not a model folder (no config.json); expected runs/x/gad/discriminator")
+    if cfg.d_init and not os.path.exists(os.path.join(cfg.d_init, "config.json")):
+        error(f"--d-init: {cfg.d_init} is not a model folder (no config.json)")
+    if cfg.d_label_smoothing >= 0.5:
+        error(f"--d-label-smoothing must be below 0.5 (0.5 = no preference), got {cfg.d_label_smoothing}")
     if cfg.init_from and not os.path.isdir(os.path.join(cfg.init_from, "generator")):
         error(f"--init-from: {cfg.init_from}/generator not found (expected a run's warmup folder)")
     if not (cfg.prompts or cfg.teacher_data) and cfg.batch_prompts > len(world.prompts("train")):
@@ -314,9 +318,12 @@ def starting_student(cfg, log):
     here once, then shared)."""
     path = student_folder(cfg, log)
     try:
-        return path, load_tokenizer(path, cfg.trust_remote_code)
+        tok = load_tokenizer(path, cfg.trust_remote_code)
     except (OSError, ValueError) as e:
         raise SystemExit(f"train_gad.py: --student {cfg.student}: {str(e).splitlines()[0]}")
+    if cfg.d_init and load_tokenizer(cfg.d_init, cfg.trust_remote_code).get_vocab() != tok.get_vocab():
+        raise SystemExit(f"train_gad.py: --d-init {cfg.d_init}: its tokenizer is not the student's (D reads G's ids)")
+    return path, tok
 
 
 def student_folder(cfg, log):

@@ -71,6 +71,8 @@ RUN = {
 LABS = {
     "d_loss": ("bt", "bt = Bradley-Terry, Eq. 3; bce = the weaker baseline of Table 4 (paper: bt)", ("bt", "bce")),
     "d_steps": (1, "D updates per GAD step: k - 1 more after the step, its samples scored anew (paper: 1)", ">= 1"),
+    "d_label_smoothing": (0.0, "departure: D's target 1 - eps, not 1 (Salimans et al. 2016; paper: 0)", ">= 0"),
+    "d_init": ("", "departure: D's backbone from this causal LM, same tokenizer (paper: the student's)", None),
     "clip_eps": (0.2, "PPO clip range; inactive with one step per batch, ratio = 1 (paper: 0.2)", ">= 0"),
     "no_d_warmup": (False, "ablation (paper Table 3): D is not trained in stage 1 (flag)", None),
     "frozen_d": ("", "ablation (paper Fig. 6): a trained discriminator folder as a fixed reward model", None),
@@ -142,7 +144,7 @@ def d_scores(D, batch, s_batch, cfg, backward=True):
         with torch.set_grad_enabled(backward):
             t = D(to_device(rows(batch.teacher_for_d, i, i + per), parallel.DEVICE))          # [p]
             s = D(to_device(rows(s_batch, i * n, (i + per) * n), parallel.DEVICE))            # [p*n]
-            loss, _ = loss_fn(t, s, n, prompts=B)   # this part of the mean over the step's pairs
+            loss, _ = loss_fn(t, s, n, prompts=B, smoothing=cfg.d_label_smoothing)  # this part of the step's mean
         if backward:
             loss.backward()
         loss_value += loss.item()
@@ -312,7 +314,8 @@ def main(argv=None):
             at = resume["dir"] if resume else cfg.init_from if phase == "gad" else ""  # a folder to start from
             G = load_generator(os.path.join(at, "generator") if at else student, cfg)
             if phase == "gad":
-                D = load_discriminator(cfg.frozen_d or (os.path.join(at, "discriminator") if at else student), cfg)
+                D = load_discriminator(cfg.frozen_d or (os.path.join(at, "discriminator") if at else cfg.d_init or
+                                                        student), cfg)
                 parallel.seed(cfg.seed)             # under torchrun: each process samples its own stream
                 train_gad(G, D, tok, data, cfg, folder, resume)
             else:

@@ -42,6 +42,24 @@ def test_bce_loss_direction():
     assert (t.grad < 0).all() and (s.grad > 0).all()
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_label_smoothing_matches_plain_python_and_stops_at_its_target_gap(eps):
+    t, s = torch.tensor([1.5, -0.5]), torch.tensor([0.2, 2.0, -1.0, 0.0])       # n = 2
+    loss, _ = D.bt_loss(t, s, n=2, smoothing=eps)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    pairs = [(1.5, 0.2), (1.5, 2.0), (-0.5, -1.0), (-0.5, 0.0)]
+    expected = sum(-(1 - eps) * math.log(sig(a - b)) - eps * math.log(sig(b - a)) for a, b in pairs) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    if eps:  # the per-pair minimum: gap = log((1 - eps) / eps), no longer +infinity
+        gap = torch.tensor([math.log((1 - eps) / eps)], requires_grad=True)
+        D.bt_loss(gap, torch.zeros(1), n=1, smoothing=eps)[0].backward()
+        assert abs(gap.grad.item()) < 1e-6
+        t = torch.tensor([math.log((1 - eps) / eps)], requires_grad=True)
+        s = torch.tensor([-math.log((1 - eps) / eps)], requires_grad=True)
+        D.bce_loss(t, s, n=1, smoothing=eps)[0].backward()            # BCE: targets 1 - eps and eps
+        assert abs(t.grad.item()) < 1e-6 and abs(s.grad.item()) < 1e-6
+
+
 def test_group_advantages_zero_mean_unit_scale():
     torch.manual_seed(0)
     r = torch.randn(5 * 8) * 3 + 7

@@ -76,3 +76,10 @@ def test_the_reference_command_runs_end_to_end_in_its_tiny_configuration(tmp_pat
     samples = [json.loads(line) for line in open(out / "run" / "samples.jsonl")]
     assert [(r["stage"], r["step"]) for r in samples] == [("warmup", 0), ("warmup", 1), ("gad", 2), ("gad", 3)]
     assert os.path.exists(out / ".." / ".teacher_cache" / "smollm2-hidden-system-prompt.jsonl")
+    # the LLM-judge protocol through the local server (plumbing): every checkpoint judged or counted unparsed
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "reference_run.py"), "judge", "--tiny", "--out-dir",
+                    str(out), "--port", "8740", "--limit", "2"], check=True, cwd=ROOT)
+    judged = json.loads((out / "seed0_tiny_judge.json").read_text())
+    assert judged["_config"]["prompts"] == 2 and judged["_config"]["judge"].startswith("openai:smollm2-judge@")
+    for name in ("before", "warmup", "seqkd", "gad", "teacher"):   # per prompt: scored, or its 2 replies unparsed
+        assert 2 * 2 <= 2 * judged[name]["judged"] + judged[name]["judge_unparsed"] <= 3 * 2

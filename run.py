@@ -140,8 +140,8 @@ def check(cfg, config, error):
         error("give --prompts (to send to a teacher) or --teacher-data (already answered), not both")
     if cfg.frozen_d and not os.path.exists(os.path.join(cfg.frozen_d, "config.json")):
         error(f"--frozen-d: {cfg.frozen_d} is not a model folder (no config.json); expected runs/x/gad/discriminator")
-    if cfg.d_init and not os.path.exists(os.path.join(cfg.d_init, "config.json")):
-        error(f"--d-init: {cfg.d_init} is not a model folder (no config.json)")
+    if cfg.d_init and (cfg.frozen_d or cfg.init_from or not os.path.exists(os.path.join(cfg.d_init, "config.json"))):
+        error(f"--d-init {cfg.d_init}: expected a model folder (config.json), and not with --frozen-d or --init-from")
     if cfg.d_label_smoothing >= 0.5:
         error(f"--d-label-smoothing must be below 0.5 (0.5 = no preference), got {cfg.d_label_smoothing}")
     if cfg.init_from and not os.path.isdir(os.path.join(cfg.init_from, "generator")):
@@ -273,16 +273,15 @@ class Run:
         self.guard(metrics, stage, step)
 
     def show_sample(self, stage, step, data, batch, samples, tok, scores=None):
-        """Every sample_every steps: one prompt, G's first sample for it, the teacher's answer on the console, and all
-        the step's samples (rank 0's) with D's scores and whether each ended (EOS) appended to samples.jsonl."""
+        """Every sample_every steps: (prompt, G's sample, teacher) printed; the step's samples to samples.jsonl."""
         if parallel.is_main() and samples is not None and step % self.cfg.sample_every == 0:
             i, text = batch.idx[0], [tok.decode(s, skip_special_tokens=True) for s in samples]
             tqdm.write(f"  prompt : {data.prompts[i][-1]['content']}\n  student: {text[0]}\n"
                        f"  teacher: {data.teacher_texts[i]}")
-            checkpoint.append_jsonl(os.path.join(self.cfg.out_dir, "samples.jsonl"), checkpoint.json_safe({
+            checkpoint.append_jsonl(os.path.join(self.cfg.out_dir, "samples.jsonl"), {
                 "stage": stage, "step": step, "prompts": [data.prompts[j][-1]["content"] for j in batch.idx],
                 "samples": text, "ended": [tok.eos_token_id in s for s in samples],
-                "scores": None if scores is None else [float(x) for x in scores.flatten()]}))
+                "scores": None if scores is None else scores.float().flatten().tolist()})
 
     def save_if_due(self, phase, step, tok, data, G, g_opt, D=None, d_opt=None):
         """Every save_every steps (not after the last): a resume point of the phase ("gad" or "seqkd")."""
@@ -293,11 +292,9 @@ class Run:
 
     def guard(self, metrics, stage, step):
         """Counts consecutive skipped (non-finite) steps; stops the run when there are too many."""
-        if not any(k.endswith("_skipped") for k in metrics):
-            self.bad = 0
-            return
-        self.bad += 1
-        tqdm.write(f"[{stage} {step}] non-finite loss or gradient: update skipped ({self.bad} in a row)")
+        self.bad = self.bad + 1 if any(k.endswith("_skipped") for k in metrics) else 0
+        if self.bad:
+            tqdm.write(f"[{stage} {step}] non-finite loss or gradient: update skipped ({self.bad} in a row)")
         if self.bad >= self.cfg.max_bad_steps:
             last = checkpoint.latest(self.cfg.out_dir)
             raise SystemExit(f"train_gad.py: stopped at {stage} step {step} after {self.bad} consecutive non-finite "
@@ -317,11 +314,14 @@ def starting_student(cfg, log):
     """(folder or hub name, tokenizer) of the starting student: --student, or the embedded world's (pretrained
     here once, then shared)."""
     path = student_folder(cfg, log)
+    flag, where = "--student", cfg.student
     try:
         tok = load_tokenizer(path, cfg.trust_remote_code)
+        flag, where = "--d-init", cfg.d_init
+        d_tok = load_tokenizer(cfg.d_init, cfg.trust_remote_code) if cfg.d_init else tok
     except (OSError, ValueError) as e:
-        raise SystemExit(f"train_gad.py: --student {cfg.student}: {str(e).splitlines()[0]}")
-    if cfg.d_init and load_tokenizer(cfg.d_init, cfg.trust_remote_code).get_vocab() != tok.get_vocab():
+        raise SystemExit(f"train_gad.py: {flag} {where}: {str(e).splitlines()[0]}")
+    if d_tok is not tok and d_tok.get_vocab() != tok.get_vocab():
         raise SystemExit(f"train_gad.py: --d-init {cfg.d_init}: its tokenizer is not the student's (D reads G's ids)")
     return path, tok
 
@@ -383,7 +383,7 @@ def student_folder(cfg, log):
 
 def judge_fidelity(G, tok, cfg):
     """Privileged-judge fidelity of G on the test prompts, 1 sample each; the RNGs (CPU, GPU) are left untouched."""
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
         m = sample_and_judge(G, tok, world.prompts("test"), 1, cfg.eval_temperature, cfg.max_response_len)[0]
     return m["fidelity"]
 

@@ -71,7 +71,7 @@ RUN = {
 LABS = {
     "d_loss": ("bt", "bt = Bradley-Terry, Eq. 3; bce = the weaker baseline of Table 4 (paper: bt)", ("bt", "bce")),
     "d_steps": (1, "D updates per GAD step: k - 1 more after the step, its samples scored anew (paper: 1)", ">= 1"),
-    "d_label_smoothing": (0.0, "departure: D's target 1 - eps, not 1 (Salimans et al. 2016; paper: 0)", ">= 0"),
+    "d_label_smoothing": (0.0, "departure: D's target 1 - eps, not 1 (label smoothing; paper: 0)", ">= 0"),
     "d_init": ("", "departure: D's backbone from this causal LM, same tokenizer (paper: the student's)", None),
     "clip_eps": (0.2, "PPO clip range; inactive with one step per batch, ratio = 1 (paper: 0.2)", ">= 0"),
     "no_d_warmup": (False, "ablation (paper Table 3): D is not trained in stage 1 (flag)", None),

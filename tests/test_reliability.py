@@ -198,6 +198,9 @@ def test_collection_killed_half_way_resumes_from_the_cache(tiny_dir, tmp_path):
     (["--student-hidden", "30"], "--student-hidden must be a multiple of 4"),
     (["--train-prompts", "8"], "--train-prompts 8 is smaller than --batch-prompts 16"),
     (["--d-steps", "0"], "--d-steps must be >= 1, got 0"),
+    (["--d-label-smoothing", "0.5"], "--d-label-smoothing must be below 0.5"),
+    (["--d-label-smoothing", "-0.1"], "--d-label-smoothing must be >= 0"),
+    (["--d-init", "no/such"], "--d-init no/such: expected a model folder (config.json), and not with --frozen-d"),
 ])
 def test_unchecked_flags_are_refused_in_one_line(flags, needle, capsys):
     with pytest.raises(SystemExit):

@@ -230,7 +230,7 @@ def run(seed=0, tiny=False, out_dir=None, port=PORT):
             cmd = [sys.executable, os.path.join(ROOT, "train_gad.py"), "--student", MODEL, "--teacher",
                    "openai:smollm2-hidden-system-prompt", "--teacher-base-url", f"http://127.0.0.1:{port}/v1",
                    "--prompts", os.path.join(out_dir, "train.jsonl"), "--teacher-cache", cache,
-                   "--out-dir", os.path.join(out_dir, "run"),
+                   "--out-dir", os.path.join(out_dir, "run"), "--teacher-concurrency", "1",  # serve.py: one at a time
                    "--seed", str(seed), "--resume"] + flags
             with open(os.path.join(out_dir, "train.log"), "a") as train_log:
                 done or subprocess.run(cmd, check=True, stdout=train_log, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -244,14 +244,17 @@ def run(seed=0, tiny=False, out_dir=None, port=PORT):
     informativeness = d_sees(os.path.join(out_dir, "run"), chosen, test, refs=refs)
     name = f"seed{seed}" + ("_tiny" if tiny else "")
     summary = {"command": f"python tools/reference_run.py run --seed {seed}" + (" --tiny" if tiny else ""),
-               "chosen": chosen, "system_prompt": CANDIDATES[chosen][0], "flags": flags, "train_prompts": len(train),
+               "chosen": chosen, "system_prompt": CANDIDATES[chosen][0], "flags": flags,
+               "sample_every": read_json(os.path.join(out_dir, "run", "config.json"))["sample_every"],  # as it ran
+               "train_prompts": len(train),
                "test_prompts": len(test), "train_seconds": round(trained), "seconds": round(time.time() - start),
                "results": results, "d_sees": informativeness}
     docs = out_dir if tiny else DOCS
     write_json(os.path.join(docs, f"{name}.json"), summary)
     if not tiny:
-        for f in ("metrics", "samples"):
-            shutil.copy(os.path.join(out_dir, "run", f"{f}.jsonl"), os.path.join(DOCS, f"{name}_{f}.jsonl"))
+        for f in ("metrics", "samples"):  # a run trained before samples.jsonl existed has none
+            if os.path.exists(os.path.join(out_dir, "run", f"{f}.jsonl")):
+                shutil.copy(os.path.join(out_dir, "run", f"{f}.jsonl"), os.path.join(DOCS, f"{name}_{f}.jsonl"))
     plot(os.path.join(out_dir, "run", "metrics.jsonl"), os.path.join(docs, f"{name}.png"), chosen)
     return summary
 
@@ -261,6 +264,8 @@ def judge(seed=0, tiny=False, out_dir=None, port=PORT + 1, limit=8):
     on `limit` test prompts, with plain SmolLM2-135M as the judge behind tools/serve.py (greedy, 160 tokens)."""
     name = f"seed{seed}" + ("_tiny" if tiny else "")
     out_dir = out_dir or os.path.join(ROOT, "runs", "reference", name)
+    if not checkpoint_folder(os.path.join(out_dir, "run"), "gad"):
+        raise SystemExit(f"reference_run: no trained run in {out_dir}/run: run `reference_run.py run` first")
     chosen = read_json(os.path.join(DOCS, "choice.json"))["chosen"]
     test = reference_prompts.read("test")[:limit]
     tok, teacher = load(MODEL)
@@ -298,7 +303,8 @@ def rule_curve(samples, chosen):
     for r in read_jsonl(samples) if os.path.exists(samples) else []:
         follows = [rule(t.strip(), e) for t, e in zip(r["samples"], r["ended"])]
         out[(r["stage"], r["step"])] = {"rule": share(follows)}
-        if r["scores"] and len(r["scores"]) == len(follows) and 0 < sum(follows) < len(follows):
+        ok = r["scores"] and len(r["scores"]) == len(follows) and None not in r["scores"]  # a NaN is written null
+        if ok and 0 < sum(follows) < len(follows):
             out[(r["stage"], r["step"])]["d_auc_rule"] = auc([s for s, f in zip(r["scores"], follows) if f],
                                                              [s for s, f in zip(r["scores"], follows) if not f])
     return out

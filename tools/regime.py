@@ -122,7 +122,7 @@ def main():
     ap.add_argument("candidates", nargs="*", help=f"candidate ids: {', '.join(CANDIDATES)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--summary", action="store_true")
-    ap.add_argument("--plot", default="regime.png", help="--summary: the figure of the seed-0 runs in runs/dsees")
+    ap.add_argument("--plot", default="", help="--summary: also draw the seed-0 runs in runs/dsees to docs/d_sees/PLOT")
     a = ap.parse_args()
     for cid in a.candidates:
         if cid not in CANDIDATES:
@@ -136,13 +136,18 @@ def main():
     for cid in CANDIDATES:
         for seed in range(10):
             if os.path.exists(os.path.join(run_dir(cid, seed), "eval.json")):
-                rows[f"{cid}_s{seed}"] = {"candidate": CANDIDATES[cid][0], **summary(run_dir(cid, seed))}
+                new = {"candidate": CANDIDATES[cid][0], **summary(run_dir(cid, seed))}
+                old = rows.get(f"{cid}_s{seed}")
+                if old and old != new and f"{cid}_s{seed}@committed" not in rows:  # a rerun: both rows are kept
+                    rows[f"{cid}_s{seed}@committed"] = old
+                rows[f"{cid}_s{seed}"] = new
     for k, r in rows.items():
         print(k, json.dumps({m: round(v, 3) if isinstance(v, float) else v for m, v in r.items()}))
     if a.summary:
         write_json(path, rows)
         here = [run_dir(*k.rsplit("_s", 1)) for k in rows if k.endswith("_s0")]
-        plot([d for d in here if os.path.isdir(d)], os.path.join(ROOT, "docs", "d_sees", a.plot))
+        if a.plot:
+            plot([d for d in here if os.path.isdir(d)], os.path.join(ROOT, "docs", "d_sees", a.plot))
 
 
 if __name__ == "__main__":

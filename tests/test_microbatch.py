@@ -140,6 +140,9 @@ def test_the_benchmark_runs_and_reports_every_phase(tmp_path, setting):
     assert all(r["seconds"][k] > 0 for k in ("sample", "d_score", "d_update", "reference", "g_update"))
     assert r["seconds"]["total"] >= sum(r["seconds"][k] for k in ("sample", "d_score", "reference", "g_update"))
     assert f"| {setting} |" in p.stdout
+    phases = r["peak_gb_by_phase"]   # each phase's own peak (Linux: VmHWM reset before it), all within the whole
+    assert set(phases) == {"load", "sample", "d_score", "d_update", "g_update"}
+    assert all(0 < v <= r["peak_gb"] for v in phases.values())
 
 
 def test_the_prepared_gpu_check_runs_in_its_tiny_cpu_mode(tmp_path):

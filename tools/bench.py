@@ -17,7 +17,8 @@ Settings (rows = prompts x n samples; tokens = the response length every sample 
 Phases: sample (HF generate), d_score (D's forward on teacher rows and samples, with D's backward when D
 learns), d_update (D's optimiser step), reference (the KL reference's log-probs), g_update (G's forward,
 backward and step, without the reference). Random models never emit EOS: their samples run to the limit.
-Peak memory is the process's peak RSS on CPU (model loading included), or torch's peak allocation on GPU.
+Peak memory is the process's peak RSS on CPU (model loading included), or torch's peak allocation on GPU; and
+the peak inside each phase (peak_gb_by_phase: on CPU, Linux's VmHWM reset before each phase).
 """
 import argparse
 import json
@@ -127,13 +128,33 @@ def batches(kind, tok, vocab, prompts, n, tokens, seed):
         yield Batch(list(range(prompts)), p, rows, rows)
 
 
-def gad_step_timed(G, D, ref, g_opt, d_opt, tok, batch, cfg, clock):
+def phase_peak(reset=False):
+    """CPU, Linux: the process's peak RSS since the last reset (GB), from /proc/self/status's VmHWM; reset=True
+    starts a new peak there (writing 5 to /proc/self/clear_refs). GPU: torch's peak allocation since its reset."""
+    if torch.cuda.is_available():
+        return torch.cuda.reset_peak_memory_stats() if reset else torch.cuda.max_memory_allocated() / 2 ** 30
+    try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return None
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
+    except (OSError, StopIteration):
+        return None
+
+
+def gad_step_timed(G, D, ref, g_opt, d_opt, tok, batch, cfg, clock, peaks=None):
     """train_gad.gad_step composed from the same building blocks in its order, each timed (no monkeypatching);
-    returns the samples. The reference's share of g_update is timed by a second, untimed-in-total pass."""
+    returns the samples. The reference's share of g_update is timed by a second, untimed-in-total pass. peaks: a
+    dict that gets each phase's peak memory (phase_peak), the largest over the steps."""
     def timed(name, f, *a, **k):
+        phase_peak(reset=True)
         t0 = time.perf_counter()
         out = f(*a, **k)
         clock[name] = clock.get(name, 0.0) + time.perf_counter() - t0
+        if peaks is not None and (peak := phase_peak()) is not None:
+            peaks[name] = max(peaks.get(name, 0.0), peak)
         return out
     n = cfg.n_samples
     samples = timed("sample", generator.sample, G, tok, batch.prompts, n, cfg.temperature, cfg.max_response_len,
@@ -164,7 +185,8 @@ def bench_one(name, out, steps, untimed=1):
                                 str(tokens), "--micro-batch-size", str(micro), *flags])
     ref = generator.load_generator(path, cfg).eval().requires_grad_(False)  # the same weights as G, as in train_gad
     g_opt, d_opt = train_gad.adamw(G, cfg.lr_gad, cfg), train_gad.adamw(D, cfg.lr_d, cfg)
-    clock, per_step, lengths = {}, [], []
+    clock, per_step, lengths, peaks = {}, [], [], {}
+    peaks["load"] = phase_peak()  # the models loaded (safetensors are memory-mapped: pages count once touched)
     torch.manual_seed(0)
     it = batches(kind, tok, vocab, prompts, n, tokens, 0)
     if torch.cuda.is_available():
@@ -173,7 +195,8 @@ def bench_one(name, out, steps, untimed=1):
         clock.clear()
         t0 = time.perf_counter()
         with parallel.amp():
-            samples, s_batch = gad_step_timed(G, D, ref, g_opt, d_opt, tok, parallel.local(next(it)), cfg, clock)
+            samples, s_batch = gad_step_timed(G, D, ref, g_opt, d_opt, tok, parallel.local(next(it)), cfg, clock,
+                                              peaks)
         total = time.perf_counter() - t0
         if step >= 0:
             with parallel.amp():
@@ -184,6 +207,7 @@ def bench_one(name, out, steps, untimed=1):
     sec = {k: statistics.median(s[k] for s in per_step) for k in PHASES + ["total"]}
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
+    peak = max([peak] + [p for p in peaks.values() if p is not None])  # each phase's reset lowers the running peak
     peak = parallel.largest(peak)  # under torchrun: the largest process's
     params = sum(p.numel() for k, p in G.named_parameters() if "lora_" not in k)      # the student's own
     return {"setting": name, "model": kind, "flags": flags, "vocab": vocab, "parameters": params,
@@ -191,7 +215,7 @@ def bench_one(name, out, steps, untimed=1):
             "rows": prompts * n, "response_tokens": tokens,
             "micro_batch_size": micro, "steps": steps, "seconds": sec,
             "samples_per_s": prompts * n / sec["total"], "tokens_per_s": statistics.median(lengths) / sec["total"],
-            "peak_gb": peak, "device": parallel.DEVICE, "threads": torch.get_num_threads(),
+            "peak_gb": peak, "peak_gb_by_phase": peaks, "device": parallel.DEVICE, "threads": torch.get_num_threads(),
             "processes": parallel.processes()}
 
 

@@ -27,6 +27,7 @@ import parallel
 import world
 from data import load_tokenizer
 from eval import evaluate as evaluate_run, judge_step, sample_and_judge
+from generator import finished
 
 PHASES = {"all": ["gad", "seqkd"], "gad": ["gad"], "seqkd": ["seqkd"]}
 STAGES = {"gad": {"warmup", "gad"}, "seqkd": {"seqkd"}}  # the metrics.jsonl stages each phase writes
@@ -280,7 +281,7 @@ class Run:
                        f"  teacher: {data.teacher_texts[i]}")
             checkpoint.append_jsonl(os.path.join(self.cfg.out_dir, "samples.jsonl"), {
                 "stage": stage, "step": step, "prompts": [data.prompts[j][-1]["content"] for j in batch.idx],
-                "samples": text, "ended": [tok.eos_token_id in s for s in samples],
+                "samples": text, "ended": [finished(s, tok.eos_token_id) for s in samples],
                 "scores": None if scores is None else scores.float().flatten().tolist()})
 
     def save_if_due(self, phase, step, tok, data, G, g_opt, D=None, d_opt=None):

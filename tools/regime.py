@@ -3,6 +3,7 @@
     python tools/regime.py K1 K2              # seed 0 of each candidate (the screening)
     python tools/regime.py K2 --seeds 0 1 2   # the three seeds
     python tools/regime.py --summary          # the table of every finished run, added to docs/d_sees/regime.json
+    python tools/regime.py --compare          # GAD vs SeqKD vs tuned SeqKD where D sees best (study.py's rule)
 
 Runs `train_gad.py --mode gad` per candidate and seed into runs/dsees/<id>_s<seed> (a finished run is reused),
 then reads each run's eval.json and metrics.jsonl. The criteria (fixed before the runs, docs/d_sees.md):
@@ -43,6 +44,9 @@ CANDIDATES = {  # id -> (what changes, flags); the order of docs/d_sees.md
 }
 D_BIG = ["--world", "habits", "--student-hidden", "256", "--student-layers", "4"]  # K11's D: pretrained as G is
 OUT = os.path.join(ROOT, "runs", "dsees")
+# the pre-registered comparison (docs/d_sees.md, written before its runs): no candidate reached the regime, so it
+# runs where D sees best -- K9, the highest mean warmup d_auc over seeds 0-2 -- under study.py's rule and seeds
+COMPARE = {"K9": (CANDIDATES["K9"][0], CANDIDATES["K9"][1], True)}  # study.STUDY's form: (what, flags, own SeqKD)
 
 
 def run_dir(cid, seed):
@@ -117,13 +121,66 @@ def plot(run_dirs, path, keys=("judge_valid", "judge_d_auc", "d_acc")):
     fig.savefig(path, dpi=80)
 
 
+def compare(out, tiny):
+    """study.py's comparison for COMPARE's setting: search seeds 0-2, held-out 3-5 only for a candidate; D's
+    informativeness (regime's summary of each GAD run) beside every row. -> (result, markdown, plot)."""
+    import jobs
+    import study
+    from experiments import TINY
+    flags = TINY if tiny else []
+    start = os.path.join(out, "runs", "start", "tiny" if tiny else "default")
+
+    def train():
+        jobs.train_all(2, start, flags, print)  # two runs at once, one thread each (the study's way)
+    runs = {n: [study.study_run(out, n, s, flags, COMPARE, set(COMPARE)) for s in (0, 1, 2)] for n in COMPARE}
+    train()
+    result, md, plot = study.analyse(runs, [0, 1, 2], out, flags, train, COMPARE, set(COMPARE))
+    lines = ["", "**D's informativeness** (the judge's labels: warmup / GAD D's d_auc from `eval.json`; "
+             "`d_acc` means of metrics.jsonl)", "", "| run | warmup D's d_auc | GAD D's d_auc | "
+             "d_acc, last 22 warmup steps | d_acc, last 44 GAD steps | meets (1) (2) (3) |", "|---" * 6 + "|"]
+
+    def f(v):
+        return "-" if v is None else f"{v:.2f}"
+    for name in COMPARE:
+        r = result["settings"][name]
+        r["d_informativeness"] = {}
+        for part in ("search", "held_out"):
+            for d in (r[part] or {}).get("runs", []):
+                s = r["d_informativeness"][os.path.relpath(d, out)] = summary(d)
+                lines.append(f"| {os.path.relpath(d, out)} | {f(s['warmup_d_auc'])} | {f(s['gad_d_auc'])} | "
+                             f"{f(s['d_acc_warmup_last22'])} | {f(s['d_acc_gad_last44'])} | "
+                             f"{' '.join('yes' if m else 'no' for m in s['meets'])} |")
+    return result, md + "\n" + "\n".join(lines), plot
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("candidates", nargs="*", help=f"candidate ids: {', '.join(CANDIDATES)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--summary", action="store_true")
     ap.add_argument("--plot", default="", help="--summary: also draw the seed-0 runs in runs/dsees to docs/d_sees/PLOT")
+    ap.add_argument("--compare", action="store_true", help="the pre-registered comparison (docs/d_sees/compare.*)")
+    ap.add_argument("--tiny", action="store_true", help="--compare in seconds (numbers meaningless; not in docs/)")
     a = ap.parse_args()
+    if a.compare:
+        out = os.path.join(ROOT, "runs", "dsees_compare" + ("_tiny" if a.tiny else ""))
+        result, md, plot = compare(out, a.tiny)
+        where = out if a.tiny else os.path.join(ROOT, "docs", "d_sees")
+        write_json(os.path.join(where, "compare.json"), result)
+        with open(os.path.join(where, "compare.md"), "w") as f:
+            f.write(md + "\n")
+        print(md)
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        plt.figure()
+        plot(plt)
+        plt.tight_layout()
+        plt.savefig(os.path.join(where, "compare.png"), dpi=80)
+        return
     for cid in a.candidates:
         if cid not in CANDIDATES:
             ap.error(f"unknown candidate {cid!r}: expected one of {', '.join(CANDIDATES)}")

@@ -51,17 +51,18 @@ STUDY = {  # setting: (what changes from the default, its flags, whether it trai
 NEEDS_START = {"c_small_student", "d_long_answers"}  # their own pretrained starting student
 
 
-def study_run(root, setting, seed, tiny_flags):
+def study_run(root, setting, seed, tiny_flags, settings=None, needs_start=NEEDS_START):
     """Declare a setting's run for one seed (GAD + its SeqKD, or GAD alone) and the tuning of its SeqKD.
-    root: the experiments' output folder; tiny_flags: the smoke-test flags, or [] for the real study."""
-    _, flags, own_seqkd = STUDY[setting]
+    root: the experiments' output folder; tiny_flags: the smoke-test flags, or [] for the real study;
+    settings: STUDY, or another comparison's settings under the same rule (tools/regime.py --compare)."""
+    _, flags, own_seqkd = (settings or STUDY)[setting]
     folder = os.path.join(root, "runs", f"study_{setting}")
     out, start = os.path.join(folder, f"seed{seed}"), os.path.join(folder, "start.json")
     mode = [] if own_seqkd else ["--mode", "gad", "--eval-models", "before,warmup,gad"]
-    if setting in NEEDS_START:  # pretrained once per setting, before its seeds (they share it)
+    if setting in needs_start:  # pretrained once per setting, before its seeds (they share it)
         jobs.declare(start, "call", ["study.pretrain_start", os.path.join(folder, "start"), flags, tiny_flags])
     run_dir = jobs.declare(out, "train", ["--seed", str(seed), "--out-dir", out, *tiny_flags, *flags, *mode],
-                           after=[start] if setting in NEEDS_START else [])
+                           after=[start] if setting in needs_start else [])
     seqkd_dir = run_dir if own_seqkd else study_run(root, "default", seed, tiny_flags)["run"]
     tuned = jobs.declare(os.path.join(seqkd_dir, "tuned_seqkd.json"), "call",
                          ["study.tuned_seqkd", seqkd_dir, seed, bool(tiny_flags)])
@@ -123,19 +124,20 @@ def declare(root, seeds, tiny_flags):
     return {name: [study_run(root, name, s, tiny_flags) for s in seeds] for name in STUDY}
 
 
-def analyse(runs, seeds, root, tiny_flags, train):
+def analyse(runs, seeds, root, tiny_flags, train, settings=None, needs_start=NEEDS_START):
     """The search, then (for candidates only) the held-out seeds, trained by train(); -> (JSON, markdown, plot)."""
+    settings = settings or STUDY
     held_out = [max(seeds) + 1 + i for i in range(len(seeds))]
     result = {"rule": "GAD beats SeqKD and temperature-tuned SeqKD by more than 2 x the pooled seed std on test or ood "
                       "fidelity on the search seeds, and again on the same metric on held-out seeds",
               "search_seeds": seeds, "held_out_seeds": held_out, "settings": {}}
-    for name, (what, flags, _) in STUDY.items():
+    for name, (what, flags, _) in settings.items():
         search = study_numbers(runs[name])
         result["settings"][name] = {"what": what, "flags": flags, "search": search, "held_out": None,
                                     "candidate_on": [m for m in STUDY_METRICS if search[m]["gad_beats_both"]]}
     candidates = [n for n, r in result["settings"].items() if r["candidate_on"]]
     if candidates:  # only now, after the search: the held-out seeds of the candidates
-        later = {n: [study_run(root, n, s, tiny_flags) for s in held_out] for n in candidates}
+        later = {n: [study_run(root, n, s, tiny_flags, settings, needs_start) for s in held_out] for n in candidates}
         train()
         for n in candidates:
             result["settings"][n]["held_out"] = study_numbers(later[n])

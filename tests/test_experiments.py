@@ -112,7 +112,7 @@ def test_held_out_seeds_run_only_for_candidates(monkeypatch):
         good = name == "d_long_answers" or (name == "b_weak_warmup" and seeds == [0, 1, 2])
         return {m: {"gad_beats_both": good and m == "ood_fidelity"} for m in X.STUDY_METRICS}
     monkeypatch.setattr(X, "study_numbers", numbers)
-    monkeypatch.setattr(X, "study_run", lambda root, name, seed, tiny_flags: declared.append((name, seed)) or
+    monkeypatch.setattr(X, "study_run", lambda root, name, seed, tiny_flags, *_: declared.append((name, seed)) or
                         {"run": name, "seed": seed})
     monkeypatch.setattr(X, "study_markdown", lambda r: "")
     runs = {n: [{"run": n, "seed": s} for s in (0, 1, 2)] for n in X.STUDY}

@@ -95,8 +95,8 @@ def test_torchrun_trains_end_to_end_and_resumes_after_sigkill(tiny_dir, tmp_path
     proc = subprocess.Popen(base + ["--out-dir", b], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     path, deadline = os.path.join(b, "metrics.jsonl"), time.time() + 300
-    while time.time() < deadline:  # kill once step 9 is logged: after the resume point at step 8
-        if os.path.exists(path) and any(json.loads(x).get("step", -1) >= 9 for x in open(path) if x.strip()):
+    while time.time() < deadline:  # step 9 logged: past the resume point at step 8 (a half-written line is skipped)
+        if os.path.exists(path) and any(r.get("step", -1) >= 9 for r in checkpoint.read_jsonl(path)):
             break
         time.sleep(0.005)
     for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun starts its workers in their own sessions

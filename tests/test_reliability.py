@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import checkpoint
 import generator as G
 import teacher as T
 import train_gad
@@ -40,7 +41,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_dir, tmp_path):
                             stderr=subprocess.DEVNULL)
     path, deadline = os.path.join(b, "metrics.jsonl"), time.time() + 300
     while time.time() < deadline:  # kill once GAD step 14 is logged: after the resume point at step 12
-        if os.path.exists(path) and any(json.loads(x).get("step", -1) >= 14 for x in open(path) if x.strip()):
+        if os.path.exists(path) and any(r.get("step", -1) >= 14 for r in checkpoint.read_jsonl(path)):
             break
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)

@@ -150,6 +150,8 @@ def compare(out, tiny):
                 lines.append(f"| {os.path.relpath(d, out)} | {f(s['warmup_d_auc'])} | {f(s['gad_d_auc'])} | "
                              f"{f(s['d_acc_warmup_last22'])} | {f(s['d_acc_gad_last44'])} | "
                              f"{' '.join('yes' if m else 'no' for m in s['meets'])} |")
+            if r[part]:
+                r[part]["runs"] = [os.path.relpath(d, out) for d in r[part]["runs"]]  # no machine's path in docs/
     return result, md + "\n" + "\n".join(lines), plot
 
 

@@ -131,18 +131,41 @@ def test_the_benchmark_runs_and_reports_every_phase(tmp_path, setting):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.run([sys.executable, "tools/bench.py", "--only", setting, "--steps", "2", "--out", str(tmp_path)],
-                       cwd=root,
+    flags = ["--rss-in-use"] if setting == "tiny-lora" else []   # one of the two with freed memory given back
+    p = subprocess.run([sys.executable, "tools/bench.py", "--only", setting, "--steps", "2", "--out", str(tmp_path),
+                        *flags], cwd=root,
                        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     (r,) = json.load(open(tmp_path / "bench.json"))
     assert r["setting"] == setting and r["rows"] == 8 and r["micro_batch_size"] == 3 and r["peak_gb"] > 0
+    assert r["rss_in_use"] == bool(flags)
     assert all(r["seconds"][k] > 0 for k in ("sample", "d_score", "d_update", "reference", "g_update"))
     assert r["seconds"]["total"] >= sum(r["seconds"][k] for k in ("sample", "d_score", "reference", "g_update"))
     assert f"| {setting} |" in p.stdout
     phases = r["peak_gb_by_phase"]   # each phase's own peak (Linux: VmHWM reset before it), all within the whole
     assert set(phases) == {"load", "sample", "d_score", "d_update", "g_update"}
     assert all(0 < v <= r["peak_gb"] for v in phases.values())
+    saved = r["saved_gb_by_phase"]   # activations: none while sampling (no grad), some wherever a backward runs
+    assert saved["sample"] == 0 and saved["d_score"] > 0 and saved["g_update"] > 0
+
+
+def test_saved_bytes_counts_what_autograd_keeps_for_backward():
+    import bench
+    m = torch.nn.Sequential(torch.nn.Linear(100, 200), torch.nn.ReLU(), torch.nn.Linear(200, 50))
+    x = torch.randn(64, 100)
+    hooks = bench.SavedBytes(m)
+    with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+        y = m(x).sum()
+    # x, for the first weight's gradient; ReLU's output, for ReLU's backward and the second weight's (one storage)
+    assert hooks.now == hooks.peak == (64 * 100 + 64 * 200) * 4
+    y.backward()
+    del y
+    assert hooks.now == 0 and hooks.peak == (64 * 100 + 64 * 200) * 4   # freed by the backward, the peak kept
+    m.requires_grad_(False)                                            # frozen weights (LoRA's base): x not kept
+    hooks = bench.SavedBytes(m)
+    with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+        m(x.requires_grad_(True)).sum()
+    assert hooks.peak == 64 * 200 * 4
 
 
 def test_the_prepared_gpu_check_runs_in_its_tiny_cpu_mode(tmp_path):

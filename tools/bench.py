@@ -18,7 +18,12 @@ Phases: sample (HF generate), d_score (D's forward on teacher rows and samples, 
 learns), d_update (D's optimiser step), reference (the KL reference's log-probs), g_update (G's forward,
 backward and step, without the reference). Random models never emit EOS: their samples run to the limit.
 Peak memory is the process's peak RSS on CPU (model loading included), or torch's peak allocation on GPU; and
-the peak inside each phase (peak_gb_by_phase: on CPU, Linux's VmHWM reset before each phase).
+the peak inside each phase (peak_gb_by_phase: on CPU, Linux's VmHWM reset before each phase). RSS counts what
+glibc's heap kept after tensors were freed (it stays at d_score's peak through d_update); --rss-in-use runs each
+setting with MALLOC_MMAP_THRESHOLD_ fixed at 128 KiB, so every larger tensor is its own mapping, given back when
+freed, and RSS follows the memory in use (its timings then include the extra page faults: compare them only with
+each other). saved_gb_by_phase: the activations, the largest total of tensors saved for backward alive at once in
+each phase (autograd's saved-tensor hooks; the models' weights left out).
 """
 import argparse
 import json
@@ -144,15 +149,64 @@ def phase_peak(reset=False):
         return None
 
 
-def gad_step_timed(G, D, ref, g_opt, d_opt, tok, batch, cfg, clock, peaks=None):
+class SavedBytes:
+    """Hooks for torch.autograd.graph.saved_tensors_hooks: `peak` is the largest total of bytes saved for backward
+    alive at once (each storage counted once, the models' own weights left out); a saved tensor stops counting when
+    autograd drops it (after its backward)."""
+    def __init__(self, *models):
+        self.skip = {p.untyped_storage().data_ptr() for m in models for p in m.parameters()}
+        self.size, self.refs, self.now, self.peak = {}, {}, 0, 0
+
+    def pack(self, t):
+        try:
+            key = t.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # a tensor without one storage (a sharded DTensor): not counted
+            return t
+        if key in self.skip:
+            return t
+        if key not in self.refs:
+            self.refs[key], self.size[key] = 0, t.untyped_storage().nbytes()
+            self.now += self.size[key]
+            self.peak = max(self.peak, self.now)
+        self.refs[key] += 1
+        return Held(t, key, self)
+
+    @staticmethod
+    def unpack(x):
+        return x.t if isinstance(x, Held) else x
+
+    def release(self, key):
+        self.refs[key] -= 1
+        if not self.refs[key]:
+            self.now -= self.size.pop(key)
+            del self.refs[key]
+
+
+class Held:
+    """One saved tensor, and who counts it: dropped by autograd -> no longer counted."""
+    __slots__ = ("t", "key", "owner")
+
+    def __init__(self, t, key, owner):
+        self.t, self.key, self.owner = t, key, owner
+
+    def __del__(self):
+        self.owner.release(self.key)
+
+
+def gad_step_timed(G, D, ref, g_opt, d_opt, tok, batch, cfg, clock, peaks=None, saved=None):
     """train_gad.gad_step composed from the same building blocks in its order, each timed (no monkeypatching);
     returns the samples. The reference's share of g_update is timed by a second, untimed-in-total pass. peaks: a
-    dict that gets each phase's peak memory (phase_peak), the largest over the steps."""
+    dict that gets each phase's peak memory (phase_peak), the largest over the steps; saved: the same for its
+    activations (SavedBytes, GB)."""
     def timed(name, f, *a, **k):
         phase_peak(reset=True)
+        hooks = SavedBytes(G, D, ref)
         t0 = time.perf_counter()
-        out = f(*a, **k)
+        with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+            out = f(*a, **k)
         clock[name] = clock.get(name, 0.0) + time.perf_counter() - t0
+        if saved is not None:
+            saved[name] = max(saved.get(name, 0.0), hooks.peak / 2 ** 30)
         if peaks is not None and (peak := phase_peak()) is not None:
             peaks[name] = max(peaks.get(name, 0.0), peak)
         return out
@@ -185,7 +239,7 @@ def bench_one(name, out, steps, untimed=1):
                                 str(tokens), "--micro-batch-size", str(micro), *flags])
     ref = generator.load_generator(path, cfg).eval().requires_grad_(False)  # the same weights as G, as in train_gad
     g_opt, d_opt = train_gad.adamw(G, cfg.lr_gad, cfg), train_gad.adamw(D, cfg.lr_d, cfg)
-    clock, per_step, lengths, peaks = {}, [], [], {}
+    clock, per_step, lengths, peaks, saved = {}, [], [], {}, {}
     peaks["load"] = phase_peak()  # the models loaded (safetensors are memory-mapped: pages count once touched)
     torch.manual_seed(0)
     it = batches(kind, tok, vocab, prompts, n, tokens, 0)
@@ -196,7 +250,7 @@ def bench_one(name, out, steps, untimed=1):
         t0 = time.perf_counter()
         with parallel.amp():
             samples, s_batch = gad_step_timed(G, D, ref, g_opt, d_opt, tok, parallel.local(next(it)), cfg, clock,
-                                              peaks)
+                                              peaks, saved)
         total = time.perf_counter() - t0
         if step >= 0:
             with parallel.amp():
@@ -215,7 +269,9 @@ def bench_one(name, out, steps, untimed=1):
             "rows": prompts * n, "response_tokens": tokens,
             "micro_batch_size": micro, "steps": steps, "seconds": sec,
             "samples_per_s": prompts * n / sec["total"], "tokens_per_s": statistics.median(lengths) / sec["total"],
-            "peak_gb": peak, "peak_gb_by_phase": peaks, "device": parallel.DEVICE, "threads": torch.get_num_threads(),
+            "peak_gb": peak, "peak_gb_by_phase": peaks,
+            "saved_gb_by_phase": saved, "rss_in_use": "MALLOC_MMAP_THRESHOLD_" in os.environ,
+            "device": parallel.DEVICE, "threads": torch.get_num_threads(),
             "processes": parallel.processes()}
 
 
@@ -238,6 +294,8 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=os.path.join("runs", "bench"), help="output folder")
     ap.add_argument("--processes", type=int, default=1, help="run each setting under torchrun with this many "
                     "processes (FSDP2); default 1")
+    ap.add_argument("--rss-in-use", action="store_true", help="CPU: freed tensors go back to the system, so the "
+                    "peaks are memory in use (glibc's MALLOC_MMAP_THRESHOLD_ = 128 KiB; slower)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.steps < 1:
@@ -254,7 +312,8 @@ if __name__ == "__main__":
         launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                                       str(a.processes)] if a.processes > 1 else [])
         p = subprocess.run(launch + [__file__, "--child", name, "--steps", str(a.steps), "--untimed",
-                            str(a.untimed), "--out", a.out], capture_output=True, text=True)
+                            str(a.untimed), "--out", a.out], capture_output=True, text=True,
+                           env={**os.environ, **({"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)} if a.rss_in_use else {})})
         if p.returncode != 0:
             print(f"[bench] {name} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
             continue

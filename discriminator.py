@@ -60,8 +60,6 @@ class Discriminator(torch.nn.Module):
 def load_discriminator(path, cfg):
     """D: a checkpoint's backbone (no LM head) + a new head unless saved; fp32, sharded (--lora-rank: lora.py)."""
     D = Discriminator.from_pretrained(path, backbone=lora.from_pretrained(AutoModel, path, cfg, "backbone"))
-    if cfg.gradient_checkpointing:
-        getattr(D.backbone, "activation_checkpointing_enable", D.backbone.gradient_checkpointing_enable)()
     return lora.replicate(D) if cfg.lora_rank else parallel.shard(D, parallel.DEVICE, layers_of=D.backbone)
 
 

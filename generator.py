@@ -26,9 +26,7 @@ from data import pack, position_ids
 def load_generator(path, cfg):
     """G (or the KL reference) from a folder or hub name: fp32 master weights (bf16 would round away 1e-6 updates;
     GPUs compute under bf16 autocast), sharded under torchrun; --lora-rank: an adapter on a shared base (lora.py)."""
-    model = lora.from_pretrained(AutoModelForCausalLM, path, cfg)
-    if cfg.gradient_checkpointing:  # transformers 5 renamed it; older: the 2nd name
-        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    model = lora.from_pretrained(AutoModelForCausalLM, path, cfg)  # --gradient-checkpointing switched on there
     return lora.replicate(model) if cfg.lora_rank else parallel.shard(model, parallel.DEVICE)
 
 
@@ -51,7 +49,7 @@ def sample(model, tokenizer, prompts, n, temperature, max_new_tokens, gen_batch_
     eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
     pad_id = tokenizer.pad_token_id
     config = sampling_config(temperature, max_new_tokens, n, eos_id, pad_id)
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # every module's own flag (lora.checkpoint_layers sets some)
     model.eval()
     out = []
     per_chunk = max(1, gen_batch_size // n)
@@ -70,7 +68,8 @@ def sample(model, tokenizer, prompts, n, temperature, max_new_tokens, gen_batch_
                 out.append(row[:cut])
     finally:
         model.generation_config = own_config
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     return out
 
 

@@ -98,10 +98,26 @@ def _save_pretrained(self, path, state_dict=None, **kwargs):
 
 
 def from_pretrained(cls, path, cfg, part=None):
-    """cls.from_pretrained(path) in fp32 (full fine-tuning), or with --lora-rank a LoRA `player`."""
+    """cls.from_pretrained(path) in fp32 (full fine-tuning), or with --lora-rank a LoRA `player`; G's and D's one
+    loader, so --gradient-checkpointing is switched on here."""
     if cfg.lora_rank:
-        return player(path, cfg, part)
-    return cls.from_pretrained(path, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+        model = player(path, cfg, part)
+    else:
+        model = cls.from_pretrained(path, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    return checkpoint_layers(model) if cfg.gradient_checkpointing else model
+
+
+def checkpoint_layers(model):
+    """--gradient-checkpointing: each decoder layer recomputes its activations in backward instead of keeping them.
+    Hugging Face checkpoints a layer only while the layer is in training mode, and from_pretrained gives models in
+    eval mode (no dropout: how every player here trains), so the checkpointed modules' own flags are set, not
+    their children's: dropout stays off, the numbers are a run's without checkpointing (generator.sample keeps
+    every module's flag)."""
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()  # transformers 5; older
+    for m in model.modules():
+        if getattr(m, "gradient_checkpointing", False):
+            m.training = True
+    return model
 
 
 def player(path, cfg, part=None):

@@ -182,3 +182,30 @@ def test_the_prepared_gpu_check_runs_in_its_tiny_cpu_mode(tmp_path):
     for r in rows:
         assert r["update_mfu"] > 0 and r["rollout_tokens_per_s"] > 0 and r["peak_gb"] > 0
         assert r["parameters"] == rows[0]["parameters"]           # the same student, adapters not counted
+
+
+@pytest.mark.parametrize("lora_flags", [[], ["--lora-rank", "4"]], ids=["full", "lora"])
+def test_gradient_checkpointing_keeps_fewer_activations_as_loaded_and_after_sampling(tiny_dir, tok, lora_flags):
+    """--gradient-checkpointing is on in G and D as train_gad loads them (in eval mode, no .train() anywhere) and
+    stays on after sampling: far fewer activations kept for backward, the same gradients."""
+    import bench
+    import lora
+    from discriminator import load_discriminator
+    ids = torch.randint(5, len(tok) - 1, (4, 24), generator=torch.Generator().manual_seed(0))
+    kept, grads = {}, {}
+    for ckpt in (False, True):
+        lora.BASES.clear()
+        cfg = train_gad.parse_args([*lora_flags, *(["--gradient-checkpointing"] if ckpt else [])])
+        torch.manual_seed(0)
+        g, d = G.load_generator(tiny_dir, cfg), load_discriminator(tiny_dir, cfg)
+        G.sample(g, tok, [[5, 6, 7]], 2, 1.0, 4)          # generation runs in eval mode; the flags come back after
+        hooks = bench.SavedBytes(g, d)
+        with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+            loss = g(input_ids=ids).logits.square().mean() + d.backbone(input_ids=ids).last_hidden_state.mean()
+        loss.backward()
+        kept[ckpt] = hooks.peak
+        grads[ckpt] = [p.grad.clone() for m in (g, d.backbone) for p in m.parameters() if p.requires_grad]
+    lora.BASES.clear()
+    assert kept[True] < kept[False] / 2, kept
+    assert len(grads[True]) == len(grads[False]) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[False], grads[True]))
